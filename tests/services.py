@@ -10,7 +10,8 @@ Fixtures (a pytest plugin loaded by tests/conftest.py):
 - `redis_server_factory`: private Redis servers a test may kill and restart (never a shared one).
 - `migrated_sqlite` (session): a SQLite file migrated once; tests copy it.
 - `database_url` / `empty_database_url`: parametrised over SQLite and PostgreSQL, a fresh
-  database per test (migrated to head, or empty), so a store test runs on both.
+  database per test (migrated to head, or empty), so a store test runs on both;
+  `store_engine` / `store_db` are an engine and an AsyncSession on `database_url`.
 
 In CI (CI=true) a server that cannot start fails the tests that need it; elsewhere they are
 skipped with the reason (run `make test`, which installs the servers, to run them).
@@ -34,13 +35,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from panda.store.db import create_engine, create_sessionmaker
 from panda.store.migrate import upgrade
 
 T = TypeVar("T")
@@ -633,3 +636,20 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         yield url
     finally:
         databases.drop(url)
+
+
+@pytest.fixture
+async def store_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on `database_url` (SQLite, then PostgreSQL), disposed after the test."""
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def store_db(store_engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """An AsyncSession on a fresh migrated database, once per database backend."""
+    async with create_sessionmaker(store_engine)() as session:
+        yield session
