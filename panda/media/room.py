@@ -42,6 +42,7 @@ MAX_MEDIA_SECTIONS = 32
 MAX_PENDING_CANDIDATES = 64
 INITIAL_OFFER_DELAY = 0.3  # let a joining browser's own offer arrive first (avoids glare)
 CLOSE_TIMEOUT = 10.0
+MEDIA_TIMEOUT = 15.0  # no packet at all from a connected participant this long = vanished
 
 _STATE_MAP = {"new": "connecting", "connecting": "connecting", "connected": "connected",
               "failed": "failed", "closed": "closed"}
@@ -156,6 +157,8 @@ class Participant:
         self._initial_timer: asyncio.TimerHandle | None = None
         self._pending_candidates: list[dict[str, Any] | None] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._notifications: set[asyncio.Task[None]] = set()
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._sample = _Sample(at=time.monotonic())
         self.joined_at = time.time()
         self.state = "connecting"
@@ -243,6 +246,34 @@ class Participant:
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._initial_timer = loop.call_later(INITIAL_OFFER_DELAY, self._initial_offer)
+        self._spawn(self._watch_liveness(self.room.registry.media_timeout))
+        self._spawn(self._pump())
+
+    async def _watch_liveness(self, silence: float) -> None:
+        # aioice needs ~30 s of failed consent checks to notice a peer that vanished
+        # without closing DTLS; browsers send RTCP at least every second or two
+        # while media flows, so silence this long means the peer is gone.
+        last_rx = -1
+        last_change = time.monotonic()
+        while not self.closed:
+            await asyncio.sleep(silence / 4)
+            rx = aiortc_patches.transport_counters(self.pc)[0]
+            now = time.monotonic()
+            active = self.pc.connectionState == "connected" and bool(
+                self._publications or self._subscriptions)
+            if rx != last_rx or not active:
+                last_rx, last_change = rx, now
+            elif now - last_change > silence:
+                logger.info("participant %s silent for %.0f s: gone", self.id, now - last_change)
+                self._vanish("failed")
+                return
+
+    def _vanish(self, state: str) -> None:
+        if self.state != state:
+            self.state = state
+            if self._on_state is not None:
+                self._notify(state)
+        self.room._participant_vanished(self)
 
     def _initial_offer(self) -> None:
         self._initial_timer = None
@@ -285,9 +316,15 @@ class Participant:
             return
         self.state = state
         if self._on_state is not None:
-            self._spawn(self._notify_state(state))
+            self._notify(state)
         if state in ("failed", "closed") and not self.closed:
             self.room._participant_vanished(self)
+
+    def _notify(self, state: str) -> None:
+        # Kept apart from _tasks: closing the pc cancels those, never a state report.
+        task = asyncio.ensure_future(self._notify_state(state))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
 
     async def _notify_state(self, state: str) -> None:
         assert self._on_state is not None
@@ -297,11 +334,18 @@ class Participant:
             logger.exception("on_state callback failed for %s", self.id)
 
     async def _deliver(self, msg: dict[str, Any]) -> None:
-        try:
-            await self._send(msg)
-        except Exception:
-            # A dead websocket is the web layer's business; the pc lives on until leave().
-            logger.warning("could not deliver %s to participant %s", msg.get("type"), self.id)
+        # Queued, not sent here: a slow websocket must not hold the signalling lock,
+        # and one pump keeps answers and offers in the order they were made.
+        self._outbox.put_nowait(msg)
+
+    async def _pump(self) -> None:
+        while True:
+            msg = await self._outbox.get()
+            try:
+                await self._send(msg)
+            except Exception:
+                # A dead websocket is the web layer's business; the pc lives on until leave().
+                logger.warning("could not deliver %s to participant %s", msg.get("type"), self.id)
 
     # ------------------------------------------------------------------ browser offer
 
@@ -708,8 +752,9 @@ class Room:
 class RoomRegistry:
     """Every live room of this process (the web app keeps one, closed at shutdown)."""
 
-    def __init__(self, config: MediaConfig) -> None:
+    def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT) -> None:
         self.config = config
+        self.media_timeout = media_timeout
         self._rooms: dict[str, Room] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
