@@ -18,12 +18,12 @@ from aiortc.codecs import CODECS
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
-from mediagen import EncodedMedia
 
 from panda.media import aiortc_patches
 from panda.media.errors import SignalError
 from panda.media.ice import MediaConfig, create_peer_connection
 from panda.media.room import Participant, Room
+from tests.media.mediagen import EncodedMedia
 
 LOOPBACK = MediaConfig(ice_loopback=True)
 

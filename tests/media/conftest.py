@@ -3,7 +3,6 @@ guard that fails any test in which aiortc decodes anything."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,12 +10,9 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import mediagen
-
 from panda.media.ice import MediaConfig
 from panda.media.room import RoomRegistry
+from tests.media import mediagen
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,11 @@ import pytest
 from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from clients import PacketTrack, wait_for
-from mediagen import EncodedMedia
 
 from panda.media import aiortc_patches
 from panda.media.ice import MediaConfig, create_peer_connection
+from tests.media.clients import PacketTrack, wait_for
+from tests.media.mediagen import EncodedMedia
 
 LOOPBACK = MediaConfig(ice_loopback=True)
 

@@ -9,7 +9,6 @@ from typing import Any
 import av
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from mediagen import EncodedMedia
 
 from panda.media.fanout import (
     Fanout,
@@ -19,6 +18,7 @@ from panda.media.fanout import (
     is_vp8_keyframe,
     keyframe_detector,
 )
+from tests.media.mediagen import EncodedMedia
 
 VP8_KEY = b"\x50\x42\x00\x9d\x01\x2a\x40\x01\xf0\x00" + b"\x00" * 20
 VP8_DELTA = b"\x31\x05\x00" + b"\x11" * 20

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from clients import Client, contiguous_in, wait_for
-from mediagen import EncodedMedia
-
 from panda.media.room import RoomRegistry
+from tests.media.clients import Client, contiguous_in, wait_for
+from tests.media.mediagen import EncodedMedia
 
 
 async def test_two_clients_forward_audio_and_video_byte_identical(

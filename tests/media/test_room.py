@@ -6,13 +6,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from clients import Client, contiguous_in, wait_for
-from mediagen import EncodedMedia
 
 from panda.media import aiortc_patches
 from panda.media.errors import SignalError
 from panda.media.ice import MediaConfig
 from panda.media.room import Participant, Room, RoomRegistry
+from tests.media.clients import Client, contiguous_in, wait_for
+from tests.media.mediagen import EncodedMedia
 
 
 def settled(client: Client) -> bool:
