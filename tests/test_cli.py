@@ -403,6 +403,16 @@ def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def _workers(pid: int) -> dict[str, int]:
+    """{worker index: pid} of the supervisor `pid`'s workers (a child caught between fork and
+    exec still shows the supervisor's command line: left out)."""
+    return {
+        argv[argv.index("--worker-index") + 1]: child
+        for child, argv in _children(pid).items()
+        if "--worker-index" in argv
+    }
+
+
 def _children(pid: int) -> dict[int, list[str]]:
     """{pid: argv} of the live child processes of `pid` (Linux /proc)."""
     found: dict[int, list[str]] = {}
@@ -438,17 +448,13 @@ def test_serve_runs_workers_on_consecutive_ports_and_restarts_them(
     server = live_server_factory(PANDA_WORKERS="2")
     assert server.proc is not None
     _wait_healthy(server.port + 1)
-    workers = _children(server.proc.pid)
-    by_index = {argv[argv.index("--worker-index") + 1]: pid for pid, argv in workers.items()}
+    by_index = _workers(server.proc.pid)
     assert set(by_index) == {"0", "1"}
 
     os.kill(by_index["1"], signal.SIGKILL)  # a crash: the supervisor starts it again
     deadline = time.monotonic() + 60
     while True:
-        again = {
-            argv[argv.index("--worker-index") + 1]: pid
-            for pid, argv in _children(server.proc.pid).items()
-        }
+        again = _workers(server.proc.pid)
         if again.get("1") not in (None, by_index["1"]):
             break
         assert time.monotonic() < deadline, "worker 1 was not restarted"
@@ -458,7 +464,8 @@ def test_serve_runs_workers_on_consecutive_ports_and_restarts_them(
 
     server.stop(signal.SIGTERM)
     assert server.proc.returncode == 0
-    assert _children(server.proc.pid) == {}
+    # The supervisor waited for its workers before exiting: none is left behind.
+    assert [pid for pid in again.values() if Path(f"/proc/{pid}").exists()] == []
     for port in (server.port, server.port + 1):
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
