@@ -116,7 +116,7 @@ async def test_invite_creates_account_and_link_sets_password(client, make_user) 
     msg = [m for m in outbox(client.app[keys.settings].data_dir) if m["To"] == nina.email][-1]
     body = mail_body(msg)
     assert "Ada Admin" in body
-    link = [u for u in links_in(body) if "/invite/" in u][0].replace("http://127.0.0.1:8080", "")
+    link = next(u for u in links_in(body) if "/invite/" in u).replace("http://127.0.0.1:8080", "")
     # The invited person opens the link in their own browser.
     invited = TestClient(client.server)
     page = await invited.get(link)
