@@ -649,7 +649,7 @@ def configure_peer_connection(
 
 
 def selected_transport(connection: Connection) -> str | None:
-    """"udp" or "tcp" for the selected candidate pair, None before ICE completes."""
+    """The selected pair's transport, "udp" or "tcp"; None before ICE completes."""
     pair = patches.selected_pair(connection)
     if pair is None:
         return None
