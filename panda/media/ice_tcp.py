@@ -119,6 +119,9 @@ class IceTcpLimits:
     max_streams_per_session: int = 8
     # Frames are dropped (as UDP would lose them) while this much waits to be sent.
     write_buffer_limit: int = 1024 * 1024
+    # Non-STUN frames (DTLS, RTP) dropped before the first check: a browser that reconnects
+    # a broken stream may send media before its next check. Beyond this, the stream closes.
+    max_unauthenticated_frames: int = 16
 
 
 @dataclass
@@ -161,6 +164,7 @@ class _IceTcpStream(asyncio.Protocol):
         self.protocol: patches.StreamStunProtocol | None = None
         self.opened = time.monotonic()
         self.last_frame = self.opened
+        self.unauthenticated_frames = 0
         self.closing = False
 
     # asyncio.Protocol
@@ -217,6 +221,13 @@ class _IceTcpStream(asyncio.Protocol):
 
     def _frame_received(self, frame: bytes) -> None:
         if self.protocol is None:
+            if not frame or frame[0] > 3:
+                # Not STUN (RFC 7983): nobody to deliver it to yet.
+                self.unauthenticated_frames += 1
+                self.listener.stats.frames_dropped += 1
+                if self.unauthenticated_frames > self.listener.limits.max_unauthenticated_frames:
+                    self.abort("garbage")
+                return
             if not self.listener._authenticate(self, frame):
                 return
             assert self.protocol is not None

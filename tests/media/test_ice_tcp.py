@@ -18,7 +18,7 @@ from aioice.candidate import Candidate
 
 from panda.media import aioice_patches as patches
 from panda.media import ice_tcp
-from tests.media.test_ice_tcp_client import Cfg
+from tests.media.test_ice_tcp_client import Cfg, until
 
 CLIENT_UFRAG = "clnt"
 SHORT = ice_tcp.IceTcpLimits(handshake_timeout=0.3, idle_timeout=0.3)
@@ -74,14 +74,6 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     except (ConnectionResetError, BrokenPipeError):
         pass
     return True
-
-
-async def until(condition: Callable[[], bool], limit: float = 10) -> None:
-    """Wait for a condition the server reaches asynchronously (accepts, closes)."""
-    async with asyncio.timeout(limit):
-        # Server-side counters have no event to await; poll them briefly.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def open_stream(
@@ -156,13 +148,34 @@ async def test_frames_split_and_coalesced(session: Session) -> None:
 
 async def test_garbage_first_frame_closed_then_listener_still_serves(session: Session) -> None:
     reader, writer = await open_stream(session.listener)
-    writer.write(frame(b"\x16\x03\x01 this is not a STUN message at all"))
+    writer.write(frame(b"\x00\x01 looks like STUN for one byte, is not"))
     assert await closed_by_server(reader)
     await until(lambda: session.listener.stats.closed_garbage == 1)
     _, writer2, response = await handshake(session)
     assert response.message_class == stun.Class.RESPONSE
     writer.close()
     writer2.close()
+
+
+async def test_media_before_first_check_dropped_then_check_accepted(session: Session) -> None:
+    # A browser re-opening a broken stream may send DTLS/RTP before its next check.
+    reader, writer = await open_stream(session.listener)
+    writer.write(frame(b"\x17\xfe\xfd dtls record") + frame(b"\x80\x60 rtp packet"))
+    request = binding_request(f"{session.ufrag}:{CLIENT_UFRAG}", session.password)
+    writer.write(frame(bytes(request)))
+    response = stun.parse_message(await read_frame(reader))
+    assert response.transaction_id == request.transaction_id
+    assert session.listener.stats.frames_dropped == 2
+    writer.close()
+
+
+async def test_endless_non_stun_frames_closed(session: Session) -> None:
+    reader, writer = await open_stream(session.listener)
+    limit = session.listener.limits.max_unauthenticated_frames
+    writer.write(frame(b"\x80\x60 rtp packet") * (limit + 1))
+    assert await closed_by_server(reader)
+    assert session.listener.stats.closed_garbage == 1
+    writer.close()
 
 
 async def test_http_request_on_the_port_is_closed(session: Session) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,14 @@ async def connect_pair(
     await asyncio.wait_for(asyncio.gather(server.connect(), client.connect()), 30)
 
 
+async def until(condition: Callable[[], bool], limit: float = 10) -> None:
+    """Wait for a condition the server reaches asynchronously (accepts, closes)."""
+    async with asyncio.timeout(limit):
+        # Server-side counters have no event to await; poll them briefly.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def listener() -> Any:
     lst = ice_tcp.IceTcpListener(0, host="127.0.0.1")
@@ -215,3 +224,45 @@ async def test_two_sessions_share_one_port(listener: ice_tcp.IceTcpListener) -> 
     finally:
         for conn in [*clients, *servers]:
             await conn.close()
+
+
+async def test_reconnected_stream_is_renominated(listener: ice_tcp.IceTcpListener) -> None:
+    """A broken stream re-opened by the browser carries the session again after its next check."""
+    server = aioice.Connection(ice_controlling=False)
+    ice_tcp.configure(server, Cfg(), listener)
+    client = aioice.Connection(ice_controlling=True)
+    active = make_tcp_only_client(client)
+    try:
+        await connect_pair(server, client)
+        pair = patches.selected_pair(client)
+        assert pair is not None
+        old = active.streams[pair.remote_addr]
+        assert old.transport is not None
+        old_addr = old.transport.get_extra_info("sockname")[:2]
+        old.transport.abort()
+        await until(lambda: listener.connections == 0)
+
+        # The client re-opens the stream by sending; media first, then a nominating check.
+        await client.send(b"\x17lost: arrives before the check")
+        request = client.build_request(pair, nominate=True)
+        assert client.remote_password is not None
+        await pair.protocol.request(
+            request, pair.remote_addr, integrity_key=client.remote_password.encode()
+        )
+        new = active.streams[pair.remote_addr]
+        assert new.transport is not None
+        new_addr = new.transport.get_extra_info("sockname")[:2]
+        assert new_addr != old_addr
+
+        def renominated() -> bool:
+            selected = patches.selected_pair(server)
+            return selected is not None and selected.remote_addr == new_addr
+
+        await until(renominated)
+        await server.send(b"\x17over the new stream")
+        assert await asyncio.wait_for(client.recv(), 5) == b"\x17over the new stream"
+        await client.send(b"\x17and back")
+        assert await asyncio.wait_for(server.recv(), 5) == b"\x17and back"
+    finally:
+        await client.close()
+        await server.close()
