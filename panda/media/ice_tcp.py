@@ -122,6 +122,11 @@ class IceTcpLimits:
     # Non-STUN frames (DTLS, RTP) dropped before the first check: a browser that reconnects
     # a broken stream may send media before its next check. Beyond this, the stream closes.
     max_unauthenticated_frames: int = 16
+    # When the stream of the selected pair closes and no other stream of that peer connection
+    # is selected within this time, its ICE connection is closed (the peer connection fails
+    # at once instead of after consent freshness expires, ~30 s). Browsers re-open a broken
+    # active TCP connection within ~5 s.
+    selected_stream_grace: float = 10.0
 
 
 @dataclass
@@ -293,6 +298,7 @@ class IceTcpListener:
         # Insertion-ordered, so the oldest pending stream is first.
         self._pending: dict[_IceTcpStream, None] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(
@@ -455,8 +461,32 @@ class IceTcpListener:
         self._pending.pop(stream, None)
         if stream.session is not None:
             stream.session.streams.discard(stream)
-        if stream.protocol is not None:
-            stream.protocol.detach(stream.peer, stream)
+        protocol = stream.protocol
+        if protocol is not None:
+            protocol.detach(stream.peer, stream)
+            pair = patches.selected_pair(protocol.connection)
+            if (
+                pair is not None
+                and pair.protocol is protocol
+                and pair.remote_addr == stream.peer
+                and not protocol.closed
+            ):
+                asyncio.get_running_loop().call_later(
+                    self.limits.selected_stream_grace, self._check_selected, protocol
+                )
+
+    def _check_selected(self, protocol: patches.StreamStunProtocol) -> None:
+        """Close an ICE connection whose selected TCP stream is gone and was not replaced."""
+        if protocol.closed:
+            return
+        connection = protocol.connection
+        pair = patches.selected_pair(connection)
+        if pair is None or pair.protocol is not protocol or pair.remote_addr in protocol.streams:
+            return
+        logger.info("ICE-TCP: selected stream of %s gone, closing", connection)
+        task = asyncio.ensure_future(connection.close())
+        self._closing_tasks.add(task)
+        task.add_done_callback(self._closing_tasks.discard)
 
     def _count(self, reason: str) -> None:
         stats = self.stats

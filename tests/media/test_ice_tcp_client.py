@@ -266,3 +266,26 @@ async def test_reconnected_stream_is_renominated(listener: ice_tcp.IceTcpListene
     finally:
         await client.close()
         await server.close()
+
+
+async def test_lost_selected_stream_closes_the_ice_connection() -> None:
+    limits = ice_tcp.IceTcpLimits(selected_stream_grace=0.1)
+    listener = ice_tcp.IceTcpListener(0, host="127.0.0.1", limits=limits)
+    await listener.start()
+    server = aioice.Connection(ice_controlling=False)
+    ice_tcp.configure(server, Cfg(), listener)
+    client = aioice.Connection(ice_controlling=True)
+    active = make_tcp_only_client(client)
+    try:
+        await connect_pair(server, client)
+        events = asyncio.ensure_future(server.get_event())
+        for stream in list(active.streams.values()):
+            assert stream.transport is not None
+            stream.transport.abort()
+        # aiortc's ICE transport turns this event into the "failed" state.
+        assert isinstance(await asyncio.wait_for(events, 10), aioice.ice.ConnectionClosed)
+        assert listener._sessions == {}
+    finally:
+        await client.close()
+        await server.close()
+        await listener.close()
