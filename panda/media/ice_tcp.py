@@ -26,7 +26,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -660,6 +660,21 @@ def _add_tcp(
     if protocols:
         listener._register(connection, protocols)
     return [p.local_candidate for p in protocols]
+
+
+def connection_hook(
+    listener: IceTcpListener | None,
+) -> Callable[[Connection, IceSettings], None]:
+    """A `(connection, config)` hook applying `configure()` with `listener` to each ICE agent.
+
+    For `panda.media.ice.add_ice_connection_hook`, which calls it for every ICE agent a peer
+    connection creates, before it gathers.
+    """
+
+    def hook(connection: Connection, settings: IceSettings) -> None:
+        configure(connection, settings, listener)
+
+    return hook
 
 
 def configure_peer_connection(

@@ -192,6 +192,19 @@ async def test_aioice_session_over_tcp_only(listener: ice_tcp.IceTcpListener) ->
     assert listener._sessions == {}
 
 
+async def test_connection_hook_configures_each_agent(listener: ice_tcp.IceTcpListener) -> None:
+    hook = ice_tcp.connection_hook(listener)
+    server = aioice.Connection(ice_controlling=False)
+    hook(server, Cfg())
+    try:
+        await server.gather_candidates()
+        transports = sorted(c.transport for c in server.local_candidates)
+        assert transports == ["tcp", "udp"]
+        assert all(c.host == "127.0.0.1" for c in server.local_candidates)
+    finally:
+        await server.close()
+
+
 async def test_udp_candidates_outrank_tcp(listener: ice_tcp.IceTcpListener) -> None:
     server = aioice.Connection(ice_controlling=False)
     ice_tcp.configure(server, Cfg(), listener)
