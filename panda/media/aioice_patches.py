@@ -78,6 +78,28 @@ class PassiveTcpCandidate(Candidate):
         return super().can_pair_with(other)
 
 
+class _StreamsTransport:
+    """What code written for a UDP `StunProtocol` finds as `.transport` on a stream protocol."""
+
+    def __init__(self, protocol: StreamStunProtocol) -> None:
+        self._protocol = protocol
+
+    def sendto(self, data: bytes, addr: Addr) -> None:
+        self._protocol._write(data, addr)
+
+    def close(self) -> None:
+        for stream in list(self._protocol.streams.values()):
+            stream.close()
+
+    def is_closing(self) -> bool:
+        return self._protocol.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return (self._protocol.local_candidate.host, self._protocol.local_candidate.port)
+        return default
+
+
 class StreamStunProtocol(StunProtocol):
     """A `StunProtocol` carried over TCP streams (one per remote address) instead of UDP.
 
@@ -97,6 +119,7 @@ class StreamStunProtocol(StunProtocol):
         self.streams: dict[Addr, FrameWriter] = {}
         self.closed = False
         self._on_close = on_close
+        self.transport = _StreamsTransport(self)  # type: ignore[assignment]
 
     @property
     def connection(self) -> Connection:

@@ -181,6 +181,13 @@ async def test_aioice_session_over_tcp_only(listener: ice_tcp.IceTcpListener) ->
         await server.send(big)
         assert await asyncio.wait_for(client.recv(), 5) == big
 
+        # Code written for UDP protocols finds a transport-like object (closing it drops
+        # the streams, like closing a UDP socket).
+        tcp_protocol = next(
+            p for p in server._protocols if isinstance(p, patches.StreamStunProtocol)
+        )
+        assert tcp_protocol.transport.get_extra_info("sockname") == ("127.0.0.1", listener.port)
+
         # The peer learned over TCP is recorded as a TCP candidate.
         pair = patches.selected_pair(server)
         assert pair is not None
