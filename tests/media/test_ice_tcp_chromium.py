@@ -1,4 +1,5 @@
-"""Real Chromium, UDP blocked: it reaches an aiortc server over our passive ICE-TCP port.
+"""Real Chromium, UDP blocked: it reaches an aiortc server over our passive ICE-TCP port;
+UDP open: it keeps UDP although TCP is on offer.
 
 The test runs a helper process in a fresh network namespace (`unshare -n`): only loopback,
 with policy-routing rules that refuse every UDP packet, so nothing but TCP works. Inside it
@@ -60,19 +61,25 @@ async function selected() {
 </script>"""
 
 
-def _setup_namespace() -> dict[str, Any]:
-    """Loopback up, every UDP packet refused; return a probe showing UDP really fails."""
+# Policy routing refuses UDP before the local routing table is consulted (no packet
+# filter is installed on these machines, and none is needed).
+_BLOCK_UDP = [
+    ["ip", "rule", "add", "pref", "10", "ipproto", "udp", "prohibit"],
+    ["ip", "rule", "add", "pref", "100", "lookup", "local"],
+    ["ip", "rule", "del", "pref", "0"],
+    ["ip", "-6", "rule", "add", "pref", "10", "ipproto", "udp", "prohibit"],
+    ["ip", "-6", "rule", "add", "pref", "100", "lookup", "local"],
+    ["ip", "-6", "rule", "del", "pref", "0"],
+]
+
+
+def _setup_namespace(block_udp: bool) -> dict[str, Any]:
+    """Loopback up, every UDP packet refused if asked; return a probe of what UDP does."""
     import socket
 
-    commands = [
-        ["ip", "link", "set", "lo", "up"],
-        ["ip", "rule", "add", "pref", "10", "ipproto", "udp", "prohibit"],
-        ["ip", "rule", "add", "pref", "100", "lookup", "local"],
-        ["ip", "rule", "del", "pref", "0"],
-        ["ip", "-6", "rule", "add", "pref", "10", "ipproto", "udp", "prohibit"],
-        ["ip", "-6", "rule", "add", "pref", "100", "lookup", "local"],
-        ["ip", "-6", "rule", "del", "pref", "0"],
-    ]
+    commands = [["ip", "link", "set", "lo", "up"]]
+    if block_udp:
+        commands += _BLOCK_UDP
     for cmd in commands:
         subprocess.run(cmd, check=True)
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -91,7 +98,7 @@ def _setup_namespace() -> dict[str, Any]:
     return {"udp": udp}
 
 
-async def _inside_namespace() -> dict[str, Any]:
+async def _inside_namespace(block_udp: bool) -> dict[str, Any]:
     from aiohttp import web
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import VideoStreamTrack
@@ -101,7 +108,7 @@ async def _inside_namespace() -> dict[str, Any]:
     from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
     from tests.media.test_ice_tcp_client import Cfg
 
-    result: dict[str, Any] = _setup_namespace()
+    result: dict[str, Any] = _setup_namespace(block_udp)
     listener = ice_tcp.IceTcpListener(0, host="127.0.0.1")
     await listener.start()
     pcs: list[RTCPeerConnection] = []
@@ -158,11 +165,13 @@ async def _inside_namespace() -> dict[str, Any]:
                 await tab.wait_for_function(
                     "window.pc.connectionState === 'connected'", timeout=30000
                 )
-                # Poll getStats until the picture sent back over TCP has been decoded.
+                # Poll getStats until the picture sent back has been decoded and the
+                # pair the browser settled on is the one expected.
+                want = "tcp" if block_udp else "udp"
                 async with asyncio.timeout(30):
                     while True:
                         stats = await tab.evaluate("selected()")
-                        if stats.get("decoded", 0) > 0:
+                        if stats.get("decoded", 0) > 0 and stats.get("local_protocol") == want:
                             break
                         await asyncio.sleep(0.2)
                 result.update(stats)
@@ -189,9 +198,7 @@ def _can_unshare() -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
-async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
+async def _run_in_namespace(block_udp: bool) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         "unshare",
@@ -199,6 +206,7 @@ async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
         sys.executable,
         "-m",
         "tests.media.test_ice_tcp_chromium",
+        "block-udp" if block_udp else "udp-open",
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -206,7 +214,13 @@ async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 180)
     assert proc.returncode == 0, err.decode()[-3000:]
-    result = json.loads(out.decode().strip().splitlines()[-1])
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
+async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
+    result = await _run_in_namespace(block_udp=True)
     assert result["udp"].startswith("blocked"), result
     assert result["offer_tcp_active"], result
     assert result["state"] == "succeeded", result
@@ -219,5 +233,16 @@ async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
     assert result["tcp_streams"] >= 1, result
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
+async def test_chromium_prefers_udp_when_it_works() -> None:
+    result = await _run_in_namespace(block_udp=False)
+    assert result["udp"] == "works", result
+    assert result["offer_tcp_active"], result  # TCP was on offer, and not chosen
+    assert result["local_protocol"] == "udp" and result["remote_protocol"] == "udp", result
+    assert result["decoded"] > 0 and result["server_frame"][0] > 0, result
+    assert result["server_transport"] == "udp", result
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(_inside_namespace())))
+    print(json.dumps(asyncio.run(_inside_namespace(sys.argv[1] == "block-udp"))))
