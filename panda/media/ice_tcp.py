@@ -677,6 +677,49 @@ def connection_hook(
     return hook
 
 
+class IceNetwork:
+    """The app-wide ICE setup: the ICE-TCP listener (if configured) and the hook that applies
+    `configure()` to every ICE agent the media layer creates (`panda.media.ice`).
+
+    `await IceNetwork.start(settings)` at app startup, `await network.close()` at shutdown
+    (after the rooms are closed).
+    """
+
+    def __init__(self, listener: IceTcpListener | None) -> None:
+        self.listener = listener
+        self.hook = connection_hook(listener)
+
+    @classmethod
+    async def start(
+        cls,
+        settings: IceSettings,
+        *,
+        advertised_port: int | None = None,
+        limits: IceTcpLimits | None = None,
+    ) -> IceNetwork:
+        """Start the listener PANDA_ICE_TCP_PORT asks for and hook into the media layer."""
+        from panda.media import ice  # the media layer, which calls the hook
+
+        parse_public_ip(settings.ice_public_ip)  # fail at startup, not at the first call
+        check_port_range(settings.ice_udp_ports)
+        listener = IceTcpListener.from_settings(
+            settings, advertised_port=advertised_port, limits=limits
+        )
+        if listener is not None:
+            await listener.start()
+        network = cls(listener)
+        ice.add_ice_connection_hook(network.hook)
+        return network
+
+    async def close(self) -> None:
+        """Unhook and stop the listener."""
+        from panda.media import ice
+
+        ice.remove_ice_connection_hook(self.hook)
+        if self.listener is not None:
+            await self.listener.close()
+
+
 def configure_peer_connection(
     pc: Any, settings: IceSettings, listener: IceTcpListener | None = None
 ) -> int:

@@ -10,7 +10,7 @@ from panda.media import aiortc_patches, ice, ice_tcp
 from panda.media.room import RoomRegistry
 from tests.media.clients import Client, contiguous_in, wait_for
 from tests.media.mediagen import EncodedMedia
-from tests.media.test_ice_tcp_client import make_tcp_only_client
+from tests.media.test_ice_tcp_client import Cfg, make_tcp_only_client
 
 
 @pytest.fixture
@@ -61,3 +61,28 @@ async def test_tcp_only_participant_calls_udp_participant(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_ice_network_wires_listener_and_hook() -> None:
+    network = await ice_tcp.IceNetwork.start(Cfg(ice_tcp_port=0))
+    try:
+        assert network.listener is not None and network.listener.port
+        pc = ice.create_peer_connection(ice.MediaConfig(ice_loopback=True))
+        pc.addTransceiver("audio")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        assert f"127.0.0.1 {network.listener.port} typ host tcptype passive" in sdp
+        await pc.close()
+    finally:
+        await network.close()
+    # Unhooked: later peer connections get no TCP candidate.
+    pc = ice.create_peer_connection(ice.MediaConfig(ice_loopback=True))
+    pc.addTransceiver("audio")
+    await pc.setLocalDescription(await pc.createOffer())
+    assert "tcptype" not in pc.localDescription.sdp
+    await pc.close()
+
+
+async def test_ice_network_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="PANDA_ICE_PUBLIC_IP"):
+        await ice_tcp.IceNetwork.start(Cfg(ice_public_ip="not-an-address"))
