@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from panda import keys
-from panda.errors import Forbidden, NotAuthenticated
+from panda.errors import Forbidden
 from panda.store import calls as store
 from panda.store.models import User
 from panda.web.auth import current_user
@@ -207,6 +207,8 @@ class CallConnection:
         self.connection_state = "new"
         self.joined = False
         self.replaced = False
+        # Bumped on every (re)join: messages from a replaced media participant are dropped.
+        self.generation = 0
         self._lock = asyncio.Lock()
 
     async def send(self, msg: dict[str, Any]) -> None:
@@ -447,6 +449,9 @@ class CallSession:
             await old.close(CLOSE_REPLACED, "replaced")
         first_join = not self.conn.joined
         self.conn.joined = True
+        self.conn.generation += 1
+        generation = self.conn.generation
+        self.participant = None
         self.conn.connection_state = "connecting"
         others = [c.describe() for c in self.hub.connections(self.booking_id) if c is not self.conn]
         settings = self.app[keys.settings]
@@ -460,19 +465,41 @@ class CallSession:
             }
         )
         room = rooms.get_or_create(room_key(self.booking_id))
-        self.participant = await room.join(
-            self.conn.participant_id,
-            name=self.conn.name,
-            role=self.conn.role,
-            send=self.conn.send,
-            on_state=self._on_state,
-        )
+        try:
+            self.participant = await room.join(
+                self.conn.participant_id,
+                name=self.conn.name,
+                role=self.conn.role,
+                send=self._sender(generation),
+                on_state=self._state_listener(generation),
+            )
+        except SignalError:
+            raise
+        except Exception:
+            log.exception("joining the media room of session %s failed", self.booking_id)
+            raise MessageError(
+                "media-failed", "The call could not be set up; retrying may help."
+            ) from None
         if first_join or old is not None:
             await self.hub.broadcast(
                 self.booking_id,
                 {"type": "participant-joined", **self.conn.describe()},
                 exclude=self.conn,
             )
+
+    def _sender(self, generation: int) -> SendFn:
+        async def send(msg: dict[str, Any]) -> None:
+            if generation == self.conn.generation:
+                await self.conn.send(msg)
+
+        return send
+
+    def _state_listener(self, generation: int) -> Callable[[str], Awaitable[None]]:
+        async def on_state(state: str) -> None:
+            if generation == self.conn.generation:
+                await self._on_state(state)
+
+        return on_state
 
     async def _on_state(self, state: str) -> None:
         if self.hub.current(self.booking_id, self.user.id) is not self.conn:
@@ -516,7 +543,8 @@ async def call_socket(request: web.Request) -> web.StreamResponse:
     """Upgrade to the signalling websocket of a call the logged-in user belongs to."""
     user = current_user(request)
     if user is None:
-        raise NotAuthenticated("Please log in to join the call.")
+        # A redirect to the login page means nothing to a websocket client.
+        raise web.HTTPUnauthorized(text="Please log in to join the call.")
     check_origin(request)
     booking_id = _booking_id(request)
     async with request.app[keys.sessionmaker]() as db:
