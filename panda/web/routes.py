@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, calls, home, openapi
+from panda.web import accounts, calls, home, openapi, profile
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, calls]
+AREAS = [home, accounts, profile, calls]
 
 
 def setup_routes(app: web.Application) -> None:

@@ -473,7 +473,7 @@ class CallPage {
       if (cameraOff) {
         off.replaceChildren();
         const avatar = document.createElement("p");
-        avatar.className = "avatar";
+        avatar.className = "call-avatar";
         avatar.textContent = (who.name || "?").slice(0, 1);
         const text = document.createElement("p");
         text.textContent = `${who.name} turned the camera off`;
