@@ -223,7 +223,11 @@ class CallPage {
       this.stats.field("signalling", "open");
       sig.send({ type: "join" });
     });
-    sig.addEventListener("message", (event) => this.onMessage(event.detail).catch((err) => console.warn(err)));
+    // One message at a time, in order: an offer must be applied before the next candidate.
+    let chain = Promise.resolve();
+    sig.addEventListener("message", (event) => {
+      chain = chain.then(() => (this.sig === sig ? this.onMessage(event.detail) : null)).catch((err) => console.warn(err));
+    });
     sig.addEventListener("close", (event) => this.onSocketClose(event.detail));
     sig.connect();
   }
@@ -399,10 +403,15 @@ class CallPage {
     }
   }
 
-  onError(msg) {
+  async onError(msg) {
     console.warn("call error", msg.code, msg.message);
+    if (msg.code !== "glare" && this.peer) await this.peer.offerRefused();
     if (msg.code === "room-ended") return this.finish("ended");
     if (msg.code === "room-not-open") return this.backToWaiting();
+    if (msg.code === "closed" && this.state !== "reconnecting") {
+      // The relay dropped our peer connection (it went silent or failed): start a new one.
+      return this.rejoin("Reconnecting…");
+    }
     if (msg.code === "no-common-codec") {
       this.fail("Your browser cannot send or receive a video format this call uses. Try a current Chrome or Firefox.");
     } else if (msg.code === "media-unavailable") {

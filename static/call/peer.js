@@ -93,6 +93,13 @@ export class PeerSession extends EventTarget {
     }
   }
 
+  /** The server refused our offer (not for glare, where its own offer follows): start over. */
+  async offerRefused() {
+    if (this.pc.signalingState === "have-local-offer") {
+      await this.pc.setLocalDescription({ type: "rollback" });
+    }
+  }
+
   /** Live remote tracks with what the server says they are: [{mid, track, info}]. */
   receiving() {
     const out = [];
