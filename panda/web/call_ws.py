@@ -20,22 +20,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from panda import keys
 from panda.errors import Forbidden
+from panda.media.errors import SignalError
 from panda.store import calls as store
 from panda.store.models import User
 from panda.web.auth import current_user
-
-try:
-    from panda.media.errors import SignalError
-except ImportError:  # pragma: no cover - only until the media package is on this branch
-
-    class SignalError(Exception):  # type: ignore[no-redef]
-        """Stand-in with the media contract's shape."""
-
-        def __init__(self, code: str, message: str) -> None:
-            super().__init__(message)
-            self.code = code
-            self.message = message
-
 
 log = logging.getLogger(__name__)
 
