@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, admin, api_auth, home, openapi, profile
+from panda.web import accounts, admin, api_auth, calls, home, openapi, profile
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, profile, admin, api_auth]
+AREAS = [home, accounts, profile, admin, api_auth, calls]
 
 
 def setup_routes(app: web.Application) -> None:
