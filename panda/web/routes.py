@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, bookings, home, openapi, tutors
+from panda.web import (
+    accounts,
+    bookings,
+    calendar,
+    home,
+    market_dashboard,
+    notifications,
+    openapi,
+    tutors,
+)
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, tutors, bookings]
+AREAS = [home, accounts, tutors, bookings, calendar, notifications, market_dashboard]
 
 
 def setup_routes(app: web.Application) -> None:
