@@ -21,12 +21,14 @@ from tests.market_support import make_tutor_ready, slots_of
 RULES = bk.BookingRules()
 
 
-async def _request(client: TestClient, student: User, tutor: User, start: datetime,
-                   rules: bk.BookingRules = RULES) -> Booking | PandaError:
+async def _request(
+    client: TestClient, student: User, tutor: User, start: datetime, rules: bk.BookingRules = RULES
+) -> Booking | PandaError:
     async with client.app[keys.sessionmaker]() as db:
         try:
-            return await bk.create_request(db, student=student, tutor_id=tutor.id, start=start,
-                                           subject="Algebra", rules=rules)
+            return await bk.create_request(
+                db, student=student, tutor_id=tutor.id, start=start, subject="Algebra", rules=rules
+            )
         except PandaError as exc:
             return exc
 
@@ -40,8 +42,9 @@ async def _accept(client: TestClient, booking: Booking, tutor: User) -> None:
 
 async def _count(client: TestClient, model: type, *where: object) -> int:
     async with client.app[keys.sessionmaker]() as db:
-        return int((await db.execute(select(func.count()).select_from(model).where(*where))
-                    ).scalar_one())
+        return int(
+            (await db.execute(select(func.count()).select_from(model).where(*where))).scalar_one()
+        )
 
 
 async def test_one_pending_request_under_concurrency(
@@ -94,9 +97,15 @@ async def test_buffer_is_kept_by_the_claims(client: TestClient, make_user: UserF
     b1 = await _request(client, s1, tutor, slots[0][0])
     assert isinstance(b1, Booking)
     async with client.app[keys.sessionmaker]() as db:
-        rogue = Booking(student_id=s2.id, tutor_id=tutor.id, start_at=b1.end_at,
-                        end_at=b1.end_at + timedelta(hours=1), subject="Algebra", note="",
-                        status="pending")
+        rogue = Booking(
+            student_id=s2.id,
+            tutor_id=tutor.id,
+            start_at=b1.end_at,
+            end_at=b1.end_at + timedelta(hours=1),
+            subject="Algebra",
+            note="",
+            status="pending",
+        )
         db.add(rogue)
         await db.flush()
         with pytest.raises(Conflict):
@@ -150,7 +159,9 @@ async def test_quota_counter_concurrent_bumps(client: TestClient, make_user: Use
         assert row is not None and row.used == 3
 
 
-async def test_decline_releases_claims_and_quota(client: TestClient, make_user: UserFactory) -> None:
+async def test_decline_releases_claims_and_quota(
+    client: TestClient, make_user: UserFactory
+) -> None:
     tutor = await make_user("tutor")
     student = await make_user("student")
     await make_tutor_ready(client.app, tutor)
@@ -259,8 +270,9 @@ def test_weekly_hours_follow_dst_in_berlin() -> None:
     berlin = zone("Europe/Berlin")
     rules = [WeeklyRule(d, 9 * 60, 10 * 60) for d in range(7)]
     # Europe switches to summer time on Sunday 2026-03-29.
-    windows = open_windows(rules, [], berlin, datetime(2026, 3, 27, tzinfo=UTC),
-                           datetime(2026, 3, 31, tzinfo=UTC))
+    windows = open_windows(
+        rules, [], berlin, datetime(2026, 3, 27, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC)
+    )
     starts = {w[0].date(): w[0].hour for w in windows}
     assert starts[date(2026, 3, 28)] == 8  # CET, UTC+1
     assert starts[date(2026, 3, 29)] == 7  # CEST, UTC+2
@@ -273,8 +285,9 @@ def test_student_sees_shift_across_different_dst_dates() -> None:
     ny = zone("America/New_York")
     lisbon = zone("Europe/Lisbon")
     rules = [WeeklyRule(d, 9 * 60, 10 * 60) for d in range(7)]
-    windows = open_windows(rules, [], ny, datetime(2026, 3, 5, tzinfo=UTC),
-                           datetime(2026, 4, 5, tzinfo=UTC))
+    windows = open_windows(
+        rules, [], ny, datetime(2026, 3, 5, tzinfo=UTC), datetime(2026, 4, 5, tzinfo=UTC)
+    )
     local = {w[0].astimezone(ny).date(): w[0].astimezone(lisbon).hour for w in windows}
     assert local[date(2026, 3, 6)] == 14  # EST vs WET: 5 hours
     assert local[date(2026, 3, 10)] == 13  # EDT vs WET (US changed 8 March): 4 hours
@@ -284,8 +297,9 @@ def test_student_sees_shift_across_different_dst_dates() -> None:
 def test_night_window_across_fall_back_is_an_hour_longer() -> None:
     berlin = zone("Europe/Berlin")
     rules = [WeeklyRule(6, 0, 6 * 60)]  # Sunday 00:00-06:00 local
-    windows = open_windows(rules, [], berlin, datetime(2026, 10, 24, tzinfo=UTC),
-                           datetime(2026, 10, 26, tzinfo=UTC))
+    windows = open_windows(
+        rules, [], berlin, datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, tzinfo=UTC)
+    )
     assert len(windows) == 1
     start, end = windows[0]
     assert end - start == timedelta(hours=7)  # 25-hour day: clocks go back at 03:00
@@ -299,8 +313,9 @@ def test_exceptions_day_off_and_extra_hours() -> None:
         DateException(date(2026, 6, 3), "extra", 18 * 60, 20 * 60),
     ]
     utc = zone("UTC")
-    windows = open_windows(rules, exc, utc, datetime(2026, 6, 1, tzinfo=UTC),
-                           datetime(2026, 6, 4, tzinfo=UTC))
+    windows = open_windows(
+        rules, exc, utc, datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 6, 4, tzinfo=UTC)
+    )
     by_day: dict[date, list[tuple[int, int]]] = {}
     for s, e in windows:
         by_day.setdefault(s.date(), []).append((s.hour, e.hour))

@@ -27,8 +27,9 @@ async def test_search_and_profile_api(client: TestClient, make_user: UserFactory
     t1 = await make_user("tutor", name="Ana Algebra")
     t2 = await make_user("tutor", name="Pedro Physics")
     await make_tutor_ready(client.app, t1, subjects=["Algebra"], rate_cents=2500)
-    await make_tutor_ready(client.app, t2, subjects=["Physics"], rate_cents=6000,
-                           languages=["Spanish"])
+    await make_tutor_ready(
+        client.app, t2, subjects=["Physics"], rate_cents=6000, languages=["Spanish"]
+    )
     resp = await client.get("/api/tutors")
     assert resp.status == 200
     data = await resp.json()
@@ -85,7 +86,8 @@ async def test_booking_lifecycle_api(client: TestClient, make_user: UserFactory)
     slot = (await slots_of(client.app, tutor))[0]
     await login(client, student.email)
     status, body = await _post(
-        client, "/api/bookings",
+        client,
+        "/api/bookings",
         {"tutor_id": tutor.id, "start": iso(slot[0]), "subject": "Algebra", "note": "Help"},
     )
     assert status == 201, body
@@ -95,7 +97,8 @@ async def test_booking_lifecycle_api(client: TestClient, make_user: UserFactory)
     # A second request while one is pending is refused.
     other = (await slots_of(client.app, tutor))[3]
     status, body = await _post(
-        client, "/api/bookings",
+        client,
+        "/api/bookings",
         {"tutor_id": tutor.id, "start": iso(other[0]), "subject": "Algebra"},
     )
     assert status == 409 and "pending request" in body["error"]
@@ -120,8 +123,9 @@ async def test_booking_lifecycle_api(client: TestClient, make_user: UserFactory)
     await set_status(client.app, bid, "completed")
     status, body = await _post(client, f"/api/bookings/{bid}/review", {"rating": 9})
     assert status == 422
-    status, body = await _post(client, f"/api/bookings/{bid}/review",
-                               {"rating": 5, "text": "Great"})
+    status, body = await _post(
+        client, f"/api/bookings/{bid}/review", {"rating": 5, "text": "Great"}
+    )
     assert status == 200, body
     status, body = await _post(client, f"/api/bookings/{bid}/review", {"rating": 4})
     assert status == 409
@@ -139,8 +143,14 @@ async def test_booking_bad_input(client: TestClient, make_user: UserFactory) -> 
         ({"tutor_id": "x", "start": iso(slot[0]), "subject": "Algebra"}, 422),
         ({"tutor_id": tutor.id, "start": "tomorrow", "subject": "Algebra"}, 422),
         ({"tutor_id": tutor.id, "start": "2020-01-01T09:00:00Z", "subject": "Algebra"}, 422),
-        ({"tutor_id": tutor.id, "start": iso(slot[0] + timedelta(minutes=15)),
-          "subject": "Algebra"}, 422),
+        (
+            {
+                "tutor_id": tutor.id,
+                "start": iso(slot[0] + timedelta(minutes=15)),
+                "subject": "Algebra",
+            },
+            422,
+        ),
         ({"tutor_id": tutor.id, "start": iso(slot[0]), "subject": "Cooking"}, 422),
         ({"tutor_id": 424242, "start": iso(slot[0]), "subject": "Algebra"}, 404),
     ]
@@ -149,8 +159,11 @@ async def test_booking_bad_input(client: TestClient, make_user: UserFactory) -> 
         assert status == expected, (body, data)
         assert isinstance(data["error"], str) and data["error"]
     token = await _csrf(client)
-    resp = await client.post("/api/bookings", data=b"not json",
-                             headers={"X-CSRF-Token": token, "Content-Type": "application/json"})
+    resp = await client.post(
+        "/api/bookings",
+        data=b"not json",
+        headers={"X-CSRF-Token": token, "Content-Type": "application/json"},
+    )
     assert resp.status == 400
     resp = await client.post("/api/bookings", json={})
     assert resp.status == 403  # no CSRF header

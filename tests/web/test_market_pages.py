@@ -61,9 +61,11 @@ async def test_booking_flow_through_pages(client: TestClient, make_user: UserFac
     assert "may be recorded" in html
     assert (await client.get(f"/tutors/{tutor.id}/book?start=bad")).status == 422
     resp = await post_form(
-        client, "/bookings",
+        client,
+        "/bookings",
         {"tutor_id": str(tutor.id), "start": iso(start), "subject": "Algebra", "note": "Hi"},
-        page=page, allow_redirects=False,
+        page=page,
+        allow_redirects=False,
     )
     assert resp.status == 303
     booking_url = resp.headers["Location"]
@@ -74,8 +76,10 @@ async def test_booking_flow_through_pages(client: TestClient, make_user: UserFac
     other = (await slots_of(client.app, tutor))[2][0]
     page2 = f"/tutors/{tutor.id}/book?start={iso(other)}"
     resp = await post_form(
-        client, "/bookings",
-        {"tutor_id": str(tutor.id), "start": iso(other), "subject": "Algebra"}, page=page2,
+        client,
+        "/bookings",
+        {"tutor_id": str(tutor.id), "start": iso(other), "subject": "Algebra"},
+        page=page2,
     )
     assert resp.status == 409
     assert "pending request" in await resp.text()
@@ -104,8 +108,9 @@ async def test_booking_flow_through_pages(client: TestClient, make_user: UserFac
     assert re.search(r">\d+<", badge)
     # Late completion: review through the page.
     await set_status(client.app, bid, "completed")
-    resp = await post_form(client, f"/bookings/{bid}/review", {"rating": "4", "text": "Good"},
-                           page=booking_url)
+    resp = await post_form(
+        client, f"/bookings/{bid}/review", {"rating": "4", "text": "Good"}, page=booking_url
+    )
     assert "Thank you" in await resp.text()
     resp = await post_form(client, f"/bookings/{bid}/review", {"rating": "x"}, page=booking_url)
     assert resp.status == 200  # flashed error on the page, not a 500
@@ -120,9 +125,11 @@ async def test_calendar_views_and_private_feed(client: TestClient, make_user: Us
     start = (await slots_of(client.app, tutor))[0][0]
     await login(client, student.email)
     token = await get_csrf(client, "/tutors")
-    resp = await client.post("/api/bookings", json={
-        "tutor_id": tutor.id, "start": iso(start), "subject": "Algebra"},
-        headers={"X-CSRF-Token": token})
+    resp = await client.post(
+        "/api/bookings",
+        json={"tutor_id": tutor.id, "start": iso(start), "subject": "Algebra"},
+        headers={"X-CSRF-Token": token},
+    )
     assert resp.status == 201
     bid = (await resp.json())["id"]
     day = start.date().isoformat()
@@ -165,47 +172,81 @@ async def test_tutor_edits_profile_and_availability(
     html = await resp.text()
     chem = re.search(r'value="(\d+)"[^>]*> Chemistry', html)
     assert chem
-    resp = await post_form(client, "/tutor/profile", {
-        "headline": "Chemistry made clear", "bio": "Ten years of teaching.",
-        "hourly_rate": "55", "currency": "EUR", "languages": "English, German",
-        "city": "Berlin", "country": "Germany", "timezone": "Europe/Berlin",
-        "session_minutes": "45", "min_notice_minutes": "60", "buffer_minutes": "15",
-        "max_moves": "2", "subjects": chem.group(1), "listed": "1"})
+    resp = await post_form(
+        client,
+        "/tutor/profile",
+        {
+            "headline": "Chemistry made clear",
+            "bio": "Ten years of teaching.",
+            "hourly_rate": "55",
+            "currency": "EUR",
+            "languages": "English, German",
+            "city": "Berlin",
+            "country": "Germany",
+            "timezone": "Europe/Berlin",
+            "session_minutes": "45",
+            "min_notice_minutes": "60",
+            "buffer_minutes": "15",
+            "max_moves": "2",
+            "subjects": chem.group(1),
+            "listed": "1",
+        },
+    )
     assert resp.status == 200
     data = await (await client.get(f"/api/tutors/{tutor.id}")).json()
     assert data["headline"] == "Chemistry made clear"
     assert data["subjects"] == ["Chemistry"] and data["session_minutes"] == 45
     assert data["languages"] == ["english", "german"]
-    resp = await post_form(client, "/tutor/profile", {
-        "hourly_rate": "cheap", "timezone": "Mars/Olympus", "session_minutes": "50",
-        "min_notice_minutes": "0", "buffer_minutes": "0", "max_moves": "1"},
-        page="/tutor/profile")
+    resp = await post_form(
+        client,
+        "/tutor/profile",
+        {
+            "hourly_rate": "cheap",
+            "timezone": "Mars/Olympus",
+            "session_minutes": "50",
+            "min_notice_minutes": "0",
+            "buffer_minutes": "0",
+            "max_moves": "1",
+        },
+        page="/tutor/profile",
+    )
     assert resp.status == 422
     html = await resp.text()
     assert "Pick a time zone" in html and "Choose 30, 45, 60 or 90" in html
-    resp = await post_form(client, "/tutor/availability",
-                           {"day0": "09:00-12:00, 14:00-18:00", "day2": "10:00-11:00"})
+    resp = await post_form(
+        client, "/tutor/availability", {"day0": "09:00-12:00, 14:00-18:00", "day2": "10:00-11:00"}
+    )
     assert resp.status == 200
     assert "09:00-12:00, 14:00-18:00" in await resp.text()
-    resp = await post_form(client, "/tutor/availability", {"day1": "9 to 5"},
-                           page="/tutor/availability")
+    resp = await post_form(
+        client, "/tutor/availability", {"day1": "9 to 5"}, page="/tutor/availability"
+    )
     assert resp.status == 422
-    resp = await post_form(client, "/tutor/availability/exceptions",
-                           {"date": "2030-01-07", "kind": "off"}, page="/tutor/availability")
+    resp = await post_form(
+        client,
+        "/tutor/availability/exceptions",
+        {"date": "2030-01-07", "kind": "off"},
+        page="/tutor/availability",
+    )
     assert "Exception added" in await resp.text()
     api = await (await client.get("/api/tutor/availability")).json()
     assert api["exceptions"][0]["date"] == "2030-01-07"
     assert {r["weekday"] for r in api["weekly"]} == {0, 2}
     exc_id = api["exceptions"][0]["id"]
-    resp = await post_form(client, f"/tutor/availability/exceptions/{exc_id}/delete", {},
-                           page="/tutor/availability")
+    resp = await post_form(
+        client, f"/tutor/availability/exceptions/{exc_id}/delete", {}, page="/tutor/availability"
+    )
     assert resp.status == 200
     token = await get_csrf(client, "/tutors")
-    resp = await client.put("/api/tutor/availability", json={"weekly": [
-        {"weekday": 9, "start": "09:00", "end": "10:00"}]}, headers={"X-CSRF-Token": token})
+    resp = await client.put(
+        "/api/tutor/availability",
+        json={"weekly": [{"weekday": 9, "start": "09:00", "end": "10:00"}]},
+        headers={"X-CSRF-Token": token},
+    )
     assert resp.status == 422
-    resp = await client.put("/api/tutor/profile", json={"session_minutes": 90},
-                            headers={"X-CSRF-Token": token})
+    resp = await client.put(
+        "/api/tutor/profile", json={"session_minutes": 90}, headers={"X-CSRF-Token": token}
+    )
     assert resp.status == 200 and (await resp.json())["session_minutes"] == 90
     # Students cannot reach tutor pages.
     await _logout(client)
