@@ -4,11 +4,36 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, admin, api_auth, calls, home, openapi, profile
+from panda.web import (
+    accounts,
+    admin,
+    api_auth,
+    bookings,
+    calendar,
+    calls,
+    home,
+    market_dashboard,
+    notifications,
+    openapi,
+    profile,
+    tutors,
+)
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, profile, admin, api_auth, calls]
+AREAS = [
+    home,
+    accounts,
+    profile,
+    admin,
+    api_auth,
+    tutors,
+    bookings,
+    calendar,
+    notifications,
+    market_dashboard,
+    calls,
+]
 
 
 def setup_routes(app: web.Application) -> None:
