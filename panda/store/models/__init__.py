@@ -12,16 +12,28 @@ from panda.store.models.accounts import (
 )
 from panda.store.models.base import Base
 from panda.store.models.bookings import ACTIVE_STATUSES, BOOKING_STATUSES, Booking
+from panda.store.models.chat import (
+    REPORT_STATUSES,
+    ChatMessage,
+    ChatReport,
+    Conversation,
+    ConversationMember,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
     "BOOKING_STATUSES",
+    "REPORT_STATUSES",
     "ROLES",
     "TOKEN_PURPOSES",
     "TUTOR_STATUSES",
     "AuditEntry",
     "Base",
     "Booking",
+    "ChatMessage",
+    "ChatReport",
+    "Conversation",
+    "ConversationMember",
     "OneTimeToken",
     "RateCounter",
     "User",
