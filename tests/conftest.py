@@ -1,4 +1,9 @@
-"""Fixtures for every test: settings on a private data directory, the app, a client, users."""
+"""Fixtures for every test: settings on a private data directory, the app, a client, users.
+
+Real PostgreSQL and Redis (`postgres_url`, `fresh_postgres_url`, `redis_url`,
+`redis_server_factory`, the SQLite/PostgreSQL-parametrised `database_url`) come from
+tests/services.py, loaded here as a plugin.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from panda import keys
 from panda.app import create_app
 from panda.config import Settings
-from panda.store.migrate import upgrade
 from panda.store.models import User
 from panda.store.users import create_user
 from tests.helpers import DEFAULT_PASSWORD, free_port
@@ -28,13 +32,7 @@ from tests.helpers import DEFAULT_PASSWORD, free_port
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
-
-@pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file migrated once per run; each test gets a copy."""
-    path = tmp_path_factory.mktemp("template") / "panda.sqlite3"
-    upgrade(f"sqlite+aiosqlite:///{path}")
-    return path
+pytest_plugins = ["tests.services"]
 
 
 @pytest.fixture

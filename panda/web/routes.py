@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, chat, home, live, openapi
+from panda.web import accounts, chat, home, live, openapi, profile
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, chat, live]
+AREAS = [home, accounts, profile, chat, live]
 
 
 def setup_routes(app: web.Application) -> None:
