@@ -155,7 +155,7 @@ async def _store_and_fan_out(
             if existing is None:
                 raise
             return store.message_json(existing, user.name), False
-        totals = {uid: await store.unread_total(db, uid) for uid in unread}
+        totals = await store.unread_totals(db, list(unread))
     payload = store.message_json(message, user.name)
     bus = app[BUS]
     await asyncio.gather(

@@ -3,44 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from panda.bus import RESYNC_TYPE, Bus, BusUnavailable, LeaseKeeper, create_bus, run_once
 from panda.bus.memory import MemoryBus
 from panda.bus.redisbus import RedisBus
-from tests.multiproc.redis_server import PrivateRedis
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
-    """One private redis-server for this module's tests."""
-    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def bus(request: pytest.FixtureRequest, module_redis: PrivateRedis) -> AsyncIterator[Bus]:
-    """Each test runs against both implementations (Redis flushed first: it is private)."""
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    """Each test runs against both implementations (the test Redis is emptied first)."""
     if request.param == "memory":
         instance: Bus = MemoryBus(node_id="n1")
     else:
-        instance = RedisBus(module_redis.url, node_id="n1")
-        await instance._client.flushdb()
+        instance = RedisBus(request.getfixturevalue("fresh_redis_url"), node_id="n1")
     await instance.start()
     yield instance
     await instance.close()
 
 
-def test_create_bus_picks_the_implementation(module_redis: PrivateRedis) -> None:
+def test_create_bus_picks_the_implementation() -> None:
     assert isinstance(create_bus(None), MemoryBus)
-    assert isinstance(create_bus(module_redis.url), RedisBus)
+    assert isinstance(create_bus("redis://127.0.0.1:1/0"), RedisBus)
 
 
 async def test_publish_reaches_every_subscriber_in_order(bus: Bus) -> None:
@@ -155,9 +144,10 @@ async def test_run_once_excludes_a_second_runner(bus: Bus) -> None:
     assert await bus.get_owner("once:reminders") is None
 
 
-async def test_two_redis_buses_share_everything(module_redis: PrivateRedis) -> None:
-    a = RedisBus(module_redis.url, node_id="a")
-    b = RedisBus(module_redis.url, node_id="b")
+@pytest.mark.redis
+async def test_two_redis_buses_share_everything(fresh_redis_url: str) -> None:
+    a = RedisBus(fresh_redis_url, node_id="a")
+    b = RedisBus(fresh_redis_url, node_id="b")
     await a.start()
     await b.start()
     try:
@@ -173,9 +163,9 @@ async def test_two_redis_buses_share_everything(module_redis: PrivateRedis) -> N
         await b.close()
 
 
-async def test_redis_restart_resyncs_subscribers(tmp_path: Path) -> None:
-    server = PrivateRedis(tmp_path / "r")
-    server.start()
+@pytest.mark.redis
+async def test_redis_restart_resyncs_subscribers(redis_server_factory: Any) -> None:
+    server = redis_server_factory()
     bus = RedisBus(server.url, node_id="n")
     await bus.start()
     try:
@@ -196,4 +186,3 @@ async def test_redis_restart_resyncs_subscribers(tmp_path: Path) -> None:
         await sub.close()
     finally:
         await bus.close()
-        server.stop()

@@ -183,6 +183,22 @@ async def unread_total(db: AsyncSession, user_id: int) -> int:
     return int(value.scalar_one())
 
 
+async def unread_totals(db: AsyncSession, user_ids: list[int]) -> dict[int, int]:
+    """Unread messages over all conversations, for several users in one query."""
+    rows = await db.execute(
+        select(
+            ConversationMember.user_id,
+            func.coalesce(func.sum(Conversation.last_seq - ConversationMember.last_read_seq), 0),
+        )
+        .join(Conversation, Conversation.id == ConversationMember.conversation_id)
+        .where(ConversationMember.user_id.in_(user_ids))
+        .group_by(ConversationMember.user_id)
+    )
+    totals = {uid: 0 for uid in user_ids}
+    totals.update({int(uid): int(total) for uid, total in rows.all()})
+    return totals
+
+
 async def find_by_client_id(db: AsyncSession, sender_id: int, client_id: str) -> ChatMessage | None:
     """A message this sender already sent with this client id (a retried send)."""
     return (
