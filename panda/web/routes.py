@@ -11,7 +11,9 @@ from panda.web import (
     bookings,
     calendar,
     calls,
+    chat,
     home,
+    live,
     market_dashboard,
     notifications,
     openapi,
@@ -33,6 +35,8 @@ AREAS = [
     notifications,
     market_dashboard,
     calls,
+    chat,
+    live,
 ]
 
 

@@ -20,6 +20,13 @@ from panda.store.models.bookings import (
     StudentQuota,
 )
 from panda.store.models.calls import PARTICIPANT_ROLES, ROOM_STATUSES, CallParticipant, CallRoom
+from panda.store.models.chat import (
+    REPORT_STATUSES,
+    ChatMessage,
+    ChatReport,
+    Conversation,
+    ConversationMember,
+)
 from panda.store.models.marketplace import (
     SESSION_LENGTHS,
     Answer,
@@ -42,6 +49,7 @@ __all__ = [
     "BOOKING_STATUSES",
     "CLAIM_UNIT_MINUTES",
     "PARTICIPANT_ROLES",
+    "REPORT_STATUSES",
     "ROLES",
     "ROOM_STATUSES",
     "SESSION_LENGTHS",
@@ -58,6 +66,10 @@ __all__ = [
     "CalendarFeedToken",
     "CallParticipant",
     "CallRoom",
+    "ChatMessage",
+    "ChatReport",
+    "Conversation",
+    "ConversationMember",
     "Notification",
     "OneTimeToken",
     "Question",
