@@ -30,6 +30,7 @@ from typing import Any
 
 import av
 
+from panda.media.recording_bitstream import h264_size, vp8_size
 from panda.media.recording_remux import FileCheck, opus_packet_samples, remux_seekable
 
 __all__ = [
@@ -125,15 +126,6 @@ def _safe_name(value: str) -> str:
     return (cleaned or "p")[:40]
 
 
-def _vp8_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a VP8 keyframe header (RFC 6386 9.1), or None."""
-    if len(data) < 10 or data[0] & 1 or data[3:6] != b"\x9d\x01\x2a":
-        return None
-    width = int.from_bytes(data[6:8], "little") & 0x3FFF
-    height = int.from_bytes(data[8:10], "little") & 0x3FFF
-    return width, height
-
-
 @dataclass
 class _Frame:
     track_id: int
@@ -206,6 +198,17 @@ class RecorderSink:
         self._ended = False
         # Set when frames had to be dropped (queue full) and the video needs a fresh keyframe.
         self.wants_keyframe = kind == "video"
+        # The relay may set this to its "ask the publisher for a keyframe" function: the
+        # recorder calls it (on the event loop) whenever it waits for a keyframe mid-track.
+        self.request_keyframe: Callable[[], None] | None = None
+
+    def _ask_keyframe(self) -> None:
+        requester = self.request_keyframe
+        if requester is not None and not self._ended:
+            try:
+                requester()
+            except Exception:
+                log.exception("keyframe request failed")
 
     def on_frame(self, packet: av.Packet, *, keyframe: bool, arrival: float) -> None:
         """Take one encoded frame (event loop thread; never blocks)."""
@@ -223,8 +226,9 @@ class RecorderSink:
                        arrival)
         if not self._recorder._enqueue(("frame", frame)):
             self._recorder._dropped += 1
-            if self.kind == "video":
+            if self.kind == "video" and not self.wants_keyframe:
                 self.wants_keyframe = True
+                self._ask_keyframe()
 
     def on_end(self) -> None:
         """The track was unpublished or the room closed."""
@@ -269,6 +273,7 @@ class SessionRecorder:
         self._lock = threading.Lock()
         self._next_track_id = 0
         self._tracks: dict[int, _Track] = {}
+        self._sinks: dict[int, RecorderSink] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
         self._files: list[RecordedFile] = []
         self._participants: dict[str, dict[str, str]] = {}
@@ -314,7 +319,9 @@ class SessionRecorder:
         track = _Track(track_id, participant_id, kind, source, codec, group)
         self._participants.setdefault(participant_id, {"name": "", "role": ""})
         self._enqueue(("track", track), control=True)
-        return RecorderSink(self, track_id, kind)
+        sink = RecorderSink(self, track_id, kind)
+        self._sinks[track_id] = sink
+        return sink
 
     def _enqueue(self, item: tuple[str, Any], *, control: bool = False) -> bool:
         # Frames are dropped when the writer lags (slow disk); control messages never are.
@@ -440,8 +447,9 @@ class SessionRecorder:
                 if not frame.keyframe:
                     return
                 track.waiting_keyframe = False
-            if frame.keyframe and track.codec == "vp8":
-                track.size = _vp8_size(frame.data) or track.size
+            if frame.keyframe:
+                size = vp8_size(frame.data) if track.codec == "vp8" else h264_size(frame.data)
+                track.size = size or track.size
         arrival_time = max(0.0, frame.arrival - self.start)
         rec_time = track.recording_time(frame, arrival_time)
         self._place(self._group_for(track), track, frame, rec_time)
@@ -456,18 +464,27 @@ class SessionRecorder:
             elif self._free_slot(open_file, track, frame) is None:
                 # Another live track of this kind holds the stream (a republish overlapping the
                 # old track): drop until it ends, then take over on a keyframe.
-                track.waiting_keyframe = track.kind == "video"
+                self._need_keyframe(track)
                 return
         if group.file is None:
             if track.kind == "video" and not frame.keyframe and not any(
                 f.track_id == track.id for f, _ in group.pending
             ):
-                track.waiting_keyframe = True
+                self._need_keyframe(track)
                 return
             group.pending.append((frame, rec_time))
             self._flush_pending(group, force=len(group.pending) >= PENDING_LIMIT)
             return
         self._write(group.file, track, frame, rec_time)
+
+    def _need_keyframe(self, track: _Track, *, again: bool = False) -> None:
+        """Drop this video track's frames until a keyframe, and ask the publisher for one."""
+        if track.kind != "video" or (track.waiting_keyframe and not again):
+            return
+        track.waiting_keyframe = True
+        sink = self._sinks.get(track.id)
+        if sink is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(sink._ask_keyframe)
 
     def _free_slot(self, open_file: _OpenFile, track: _Track, frame: _Frame) -> Any | None:
         if track.kind == "video" and not frame.keyframe:
@@ -525,7 +542,8 @@ class SessionRecorder:
             if any(s[0] == track.kind for s in slots):
                 continue  # one stream per kind; a second one waits for a new segment
             if track.kind == "video":
-                width, height = track.size or (0, 0)
+                # The header wants a size; decoders take the real one from the bitstream.
+                width, height = track.size or (640, 480)
                 stream = container.add_mux_stream(track.codec, width=width, height=height)
             else:
                 # An encoder context (opened, never fed) gives the Opus header players need.
@@ -585,6 +603,9 @@ class SessionRecorder:
             t for t in self._tracks.values()
             if t.participant_id == track.participant_id and t.group == track.group
         ]
+        for sibling in siblings:
+            if sibling.waiting_keyframe and not sibling.ended and sibling.kind == track.kind:
+                self._need_keyframe(sibling, again=True)  # it may take over the stream now
         if all(t.ended for t in siblings):
             self._flush_pending(group, force=True)
             self._close_group_file(group)

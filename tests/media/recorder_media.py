@@ -211,3 +211,27 @@ if __name__ == "__main__":
     import sys
 
     raise SystemExit(_child_main(sys.argv[1:]))
+
+
+def encode_h264(colour: tuple[int, int, int], frames: int, size: tuple[int, int]) -> list[
+        EncodedFrame]:
+    """Annex B H.264 (baseline, in-band SPS/PPS on keyframes) as browsers send it."""
+    width, height = size
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height = width, height
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, FPS)
+    encoder.framerate = FPS
+    encoder.gop_size = 30
+    encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"}
+    out: list[EncodedFrame] = []
+    for index in range(frames):
+        image = np.empty((height, width, 3), np.uint8)
+        image[:] = colour
+        image[index % (height - 8):index % (height - 8) + 8, 0:8] = 255
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        frame.time_base = encoder.time_base
+        out.extend(_video(p) for p in encoder.encode(frame))
+    out.extend(_video(p) for p in encoder.encode())
+    return out

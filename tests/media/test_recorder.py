@@ -393,3 +393,33 @@ def test_no_event_loop_needed_for_callbacks(tmp_path: Path) -> None:
     assert recorder._loop is None
     asyncio.run(asyncio.sleep(0))
     recorder.stop_blocking()
+
+
+async def test_recorder_asks_for_keyframes_when_it_waits_for_one(tmp_path: Path) -> None:
+    video = encode_vp8(RED, 2.0, gop=600)
+    recorder = SessionRecorder(tmp_path, start=START)
+    asked = asyncio.Event()
+    calls: list[str] = []
+    old = recorder.sink_factory("tutor", "video", "camera", "video/VP8")
+    new = recorder.sink_factory("tutor", "video", "camera", "video/VP8")
+    assert old is not None and new is not None
+
+    def ask() -> None:
+        calls.append("new")
+        asked.set()
+
+    new.request_keyframe = ask
+    for frame in video[:30]:
+        old.on_frame(make_packet(frame, VIDEO_TIME_BASE, 0), keyframe=frame.keyframe,
+                     arrival=START + frame.time)
+    # A republished camera overlaps the old one: its frames wait for the stream to be free
+    # and the recorder asks its publisher for a keyframe to start on.
+    new.on_frame(make_packet(video[0], VIDEO_TIME_BASE, 0), keyframe=True, arrival=START + 1.0)
+    old.on_end()
+    await asyncio.wait_for(asked.wait(), 10)
+    for frame in video[:30]:
+        new.on_frame(make_packet(frame, VIDEO_TIME_BASE, 0), keyframe=frame.keyframe,
+                     arrival=START + 1.1 + frame.time)
+    new.on_end()
+    result = await recorder.stop()
+    assert calls and result.files[0].tracks[0]["frames"] == 60
