@@ -1,0 +1,44 @@
+# Panda Professor: `make run` serves the app, `make test` runs the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TEST_TIMEOUT ?= 2400
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-dev test-deps lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+## Serve on http://127.0.0.1:8080 with SQLite under var/ (demo content on a new data directory).
+run: install
+	$(BIN)/panda migrate
+	$(BIN)/panda demo --if-empty
+	$(BIN)/panda serve --no-migrate
+
+## What the tests need from the system: Chromium, PostgreSQL and Redis binaries (Debian packages).
+test-deps:
+	bash scripts/install-test-deps.sh
+
+## Install everything the tests need, then run the whole suite under a hard timeout.
+test: install-dev test-deps
+	timeout -s ABRT -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check panda tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""`python -m panda` runs the command line."""
+
+from panda.cli import main
+
+raise SystemExit(main())

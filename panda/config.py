@@ -1,0 +1,207 @@
+"""Settings read from environment variables, validated once at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, not {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, not {value}")
+    return value
+
+
+def _port_range(env: Mapping[str, str], name: str) -> tuple[int, int] | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        lo_s, hi_s = raw.split("-", 1)
+        lo, hi = int(lo_s), int(hi_s)
+    except ValueError:
+        raise ConfigError(f"{name} must look like 50000-50199, not {raw!r}") from None
+    if not (1024 <= lo <= hi <= 65535):
+        raise ConfigError(f"{name} must be an ascending range within 1024-65535, not {raw!r}")
+    return lo, hi
+
+
+def _ice_servers(env: Mapping[str, str], name: str) -> tuple[dict[str, Any], ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} must be a JSON list of ICE servers: {exc}") from None
+    if not isinstance(value, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("urls"), str | list) for s in value
+    ):
+        raise ConfigError(f'{name} must be a JSON list like [{{"urls": "stun:host:3478"}}]')
+    return tuple(value)
+
+
+def _secret_key(env: Mapping[str, str], data_dir: Path, production: bool) -> str:
+    key = env.get("PANDA_SECRET_KEY", "").strip()
+    if key:
+        if len(key) < 32:
+            raise ConfigError("PANDA_SECRET_KEY must be at least 32 characters long")
+        return key
+    if production:
+        raise ConfigError("PANDA_SECRET_KEY is required when PANDA_ENV=production")
+    # Development: one random key kept in the data directory, readable by the owner only.
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with; build it with `Settings.from_env()`."""
+
+    data_dir: Path
+    database_url: str
+    secret_key: str
+    base_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    env: str = "development"
+    debug: bool = False
+    redis_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = True
+    mail_from: str = "Panda Professor <no-reply@localhost>"
+    mail_outbox: Path | None = None
+    ice_loopback: bool = False
+    ice_servers: tuple[dict[str, Any], ...] = ()
+    ice_tcp_port: int | None = None
+    ice_public_ip: str | None = None
+    ice_udp_ports: tuple[int, int] | None = None
+    relay_path: str = "frame"
+    workers: int = 1
+    worker_index: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def production(self) -> bool:
+        """True when running with PANDA_ENV=production."""
+        return self.env == "production"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies get the Secure flag when the public address is https."""
+        return self.base_url.startswith("https://")
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where mail is written as .eml files when no SMTP host is configured."""
+        return self.mail_outbox or self.data_dir / "outbox"
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where call recordings are written (never under a static path)."""
+        return self.data_dir / "recordings"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where processed user uploads (profile photos) live."""
+        return self.data_dir / "uploads"
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every PANDA_* variable; raise ConfigError naming the bad one."""
+        env = os.environ if env is None else env
+        app_env = env.get("PANDA_ENV", "development").strip() or "development"
+        if app_env not in {"development", "production"}:
+            raise ConfigError(f"PANDA_ENV must be development or production, not {app_env!r}")
+        production = app_env == "production"
+        data_dir = Path(env.get("PANDA_DATA_DIR", "").strip() or "var").resolve()
+        database_url = env.get("PANDA_DATABASE_URL", "").strip() or (
+            f"sqlite+aiosqlite:///{data_dir / 'panda.sqlite3'}"
+        )
+        if not database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ConfigError(
+                "PANDA_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        host = env.get("PANDA_HOST", "").strip() or "127.0.0.1"
+        port = _int(env, "PANDA_PORT", 8080, 1, 65535)
+        assert port is not None
+        base_url = (env.get("PANDA_BASE_URL", "").strip() or f"http://{host}:{port}").rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(f"PANDA_BASE_URL must be an http(s) URL, not {base_url!r}")
+        outbox = env.get("PANDA_MAIL_OUTBOX", "").strip()
+        relay_path = env.get("PANDA_RELAY_PATH", "").strip() or "frame"
+        if relay_path not in {"frame", "packet"}:
+            raise ConfigError(f"PANDA_RELAY_PATH must be frame or packet, not {relay_path!r}")
+        data_dir_exists = data_dir.exists()
+        if not data_dir_exists:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            secret_key=_secret_key(env, data_dir, production),
+            base_url=base_url,
+            host=host,
+            port=port,
+            env=app_env,
+            debug=_bool(env, "PANDA_DEBUG", False),
+            redis_url=env.get("PANDA_REDIS_URL", "").strip() or None,
+            smtp_host=env.get("PANDA_SMTP_HOST", "").strip() or None,
+            smtp_port=_int(env, "PANDA_SMTP_PORT", 587, 1, 65535) or 587,
+            smtp_user=env.get("PANDA_SMTP_USER", "").strip() or None,
+            smtp_password=env.get("PANDA_SMTP_PASSWORD") or None,
+            smtp_starttls=_bool(env, "PANDA_SMTP_STARTTLS", True),
+            mail_from=env.get("PANDA_MAIL_FROM", "").strip()
+            or "Panda Professor <no-reply@localhost>",
+            mail_outbox=Path(outbox).resolve() if outbox else None,
+            ice_loopback=_bool(env, "PANDA_ICE_LOOPBACK", False),
+            ice_servers=_ice_servers(env, "PANDA_ICE_SERVERS"),
+            ice_tcp_port=_int(env, "PANDA_ICE_TCP_PORT", None, 1, 65535),
+            ice_public_ip=env.get("PANDA_ICE_PUBLIC_IP", "").strip() or None,
+            ice_udp_ports=_port_range(env, "PANDA_ICE_UDP_PORTS"),
+            relay_path=relay_path,
+            workers=_int(env, "PANDA_WORKERS", 1, 1, 64) or 1,
+        )

@@ -1,0 +1,192 @@
+"""Fixtures for every test: settings on a private data directory, the app, a client, users."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from panda import keys
+from panda.app import create_app
+from panda.config import Settings
+from panda.store.migrate import upgrade
+from panda.store.models import User
+from panda.store.users import create_user
+from tests.helpers import DEFAULT_PASSWORD, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per run; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "panda.sqlite3"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
+    """Settings on a private data directory with a freshly migrated SQLite database."""
+    db_path = tmp_path / "panda.sqlite3"
+    shutil.copy(migrated_sqlite, db_path)
+    return Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{db_path}",
+        secret_key=TEST_SECRET,
+        base_url="http://127.0.0.1:8080",
+        ice_loopback=True,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> web.Application:
+    """The application under test (started by the `client` fixture)."""
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], app: web.Application
+) -> TestClient:
+    """An HTTP client talking to the started app."""
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+async def db(client: TestClient) -> AsyncIterator[AsyncSession]:
+    """A database session on the app's engine (the app must be started: depends on client)."""
+    async with client.app[keys.sessionmaker]() as session:
+        yield session
+
+
+UserFactory = Callable[..., Awaitable[User]]
+
+
+@pytest.fixture
+def make_user(client: TestClient) -> UserFactory:
+    """Create a user directly in the database: `await make_user("tutor", email=...)`."""
+    counter = {"n": 0}
+
+    async def factory(role: str = "student", **kw: Any) -> User:
+        counter["n"] += 1
+        kw.setdefault("email", f"{role}{counter['n']}@example.test")
+        kw.setdefault("name", f"{role.title()} {counter['n']}")
+        kw.setdefault("password", DEFAULT_PASSWORD)
+        kw.setdefault("verified", True)
+        if role == "tutor":
+            kw.setdefault("tutor_status", "approved")
+        async with client.app[keys.sessionmaker]() as session:
+            user = await create_user(session, role=role, **kw)
+            await session.commit()
+            return user
+
+    return factory
+
+
+class LiveServer:
+    """A real `panda serve` process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PANDA_DATA_DIR": str(data_dir),
+            "PANDA_PORT": str(self.port),
+            "PANDA_HOST": "127.0.0.1",
+            "PANDA_BASE_URL": self.url,
+            "PANDA_SECRET_KEY": TEST_SECRET,
+            "PANDA_ICE_LOOPBACK": "1",
+            "PYTHONPATH": str(ROOT),
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "server.log"
+
+    def run_cli(self, *args: str, input_text: str | None = None) -> str:
+        """Run a `panda` subcommand against this server's data directory."""
+        out = subprocess.run(
+            [sys.executable, "-m", "panda", *args],
+            env=self.env,
+            cwd=ROOT,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return out.stdout
+
+    def start(self, timeout: float = 30) -> None:
+        """Start the server and wait until /healthz answers."""
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "panda", "serve"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int | None = None) -> None:
+        """Stop the server (SIGTERM, or the given signal) and wait for it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if sig is None:
+            self.proc.terminate()
+        else:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start real servers: `live_server_factory(PANDA_X="1")`; stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def factory(data_dir: Path | None = None, **env: str) -> LiveServer:
+        folder = data_dir or tmp_path / f"server{len(servers)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        server = LiveServer(folder, env)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live_server(live_server_factory: Callable[..., LiveServer]) -> LiveServer:
+    """One real server with SQLite on a private data directory."""
+    return live_server_factory()
