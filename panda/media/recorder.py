@@ -65,6 +65,9 @@ LIVE_OPTIONS = {
     "max_interleave_delta": "500000",
 }
 _MS = Fraction(1, 1000)
+# Names the recorder gives its files (anything else in the directory is not a track file).
+_FILE_NAME = re.compile(
+    r"^(?P<participant>[A-Za-z0-9_-]+)-(?P<group>main|screen)-(?P<segment>\d{2,})\.(webm|mkv)$")
 _VIDEO_CODECS = {"video/vp8": "vp8", "video/h264": "h264"}
 _AUDIO_CODECS = {"audio/opus": "opus"}
 
@@ -684,13 +687,13 @@ def recover_recording(directory: str | os.PathLike[str]) -> RecordingResult:
     records = [RecordedFile.from_json(f) for f in manifest.get("files", [])]
     listed = {r.name for r in records}
     for path in sorted(directory.iterdir()):
-        if path.suffix in (".webm", ".mkv") and path.name not in listed:
-            stem = path.stem.rsplit("-", 2)
+        match = _FILE_NAME.match(path.name)
+        if match is not None and path.name not in listed:
             records.append(RecordedFile(
                 name=path.name,
-                participant_id=stem[0] if len(stem) == 3 else path.stem,
-                group=stem[1] if len(stem) == 3 else "main",
-                segment=int(stem[2]) if len(stem) == 3 and stem[2].isdigit() else 0,
+                participant_id=match["participant"],
+                group=match["group"],
+                segment=int(match["segment"]),
                 start_offset=0.0,
             ))
     for record in records:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, home, openapi
+from panda.web import accounts, home, openapi, recordings
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts]
+AREAS = [home, accounts, recordings]
 
 
 def setup_routes(app: web.Application) -> None:

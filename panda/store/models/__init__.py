@@ -12,10 +12,19 @@ from panda.store.models.accounts import (
 )
 from panda.store.models.base import Base
 from panda.store.models.bookings import ACTIVE_STATUSES, BOOKING_STATUSES, Booking
+from panda.store.models.recordings import (
+    COMBINED_STATUSES,
+    RECORDING_STATUSES,
+    Recording,
+    RecordingFile,
+    RecordingSettings,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
     "BOOKING_STATUSES",
+    "COMBINED_STATUSES",
+    "RECORDING_STATUSES",
     "ROLES",
     "TOKEN_PURPOSES",
     "TUTOR_STATUSES",
@@ -24,6 +33,9 @@ __all__ = [
     "Booking",
     "OneTimeToken",
     "RateCounter",
+    "Recording",
+    "RecordingFile",
+    "RecordingSettings",
     "User",
     "UserSession",
 ]
