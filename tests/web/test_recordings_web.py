@@ -7,21 +7,15 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
-from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from panda import keys
-from panda.media.recorder import MANIFEST_NAME, SessionRecorder, recover_recording
-from panda.media.recording_compose import compose_recording
+from panda.media.recorder import MANIFEST_NAME
 from panda.media.recording_service import COMBINED_NAME, RECORDINGS
 from panda.store import recordings as store
-from panda.store.models import AuditEntry, Booking, Recording, RecordingFile, User
+from panda.store.models import AuditEntry, Booking, Recording, RecordingFile
 from panda.store.types import utcnow
 from tests.helpers import login, post_form
 from tests.media.recorder_media import (
@@ -32,90 +26,9 @@ from tests.media.recorder_media import (
     make_packet,
     schedule,
 )
+from tests.recordings_support import World, record_session, world
 
-START = 100.0
-
-
-def _record(directory: Path, tutor_id: int, student_id: int, *, seconds: float = 2.0,
-            remux: bool = True) -> None:
-    recorder = SessionRecorder(directory, start=START, remux_on_stop=remux)
-    recorder.describe_participant(str(tutor_id), name="T", role="tutor")
-    recorder.describe_participant(str(student_id), name="S", role="student")
-    plan = [
-        (str(tutor_id), "video", "camera", encode_vp8((200, 30, 30), seconds), VIDEO_TIME_BASE),
-        (str(tutor_id), "audio", "microphone", encode_opus(440.0, seconds), AUDIO_TIME_BASE),
-        (str(student_id), "video", "camera", encode_vp8((30, 30, 200), seconds), VIDEO_TIME_BASE),
-        (str(student_id), "audio", "microphone", encode_opus(1000.0, seconds), AUDIO_TIME_BASE),
-    ]
-    sinks = [recorder.sink_factory(p, k, s, "video/VP8" if k == "video" else "audio/opus")
-             for p, k, s, _, _ in plan]
-    for d in schedule([(frames, tb, 0.0) for *_, frames, tb in plan], start=START):
-        sink = sinks[d.sink_index]
-        assert sink is not None
-        sink.on_frame(make_packet(d.frame, d.time_base, 7), keyframe=d.frame.keyframe,
-                      arrival=d.arrival)
-    for sink in sinks:
-        assert sink is not None
-        sink.on_end()
-    recorder.stop_blocking()
-
-
-class World:
-    """Users, a booking and helpers to make recordings for the tests."""
-
-    def __init__(self, client: TestClient, admin: User, tutor: User, other_tutor: User,
-                 student: User, booking: Booking) -> None:
-        self.client = client
-        self.admin = admin
-        self.tutor = tutor
-        self.other_tutor = other_tutor
-        self.student = student
-        self.booking = booking
-
-    @property
-    def app(self) -> Any:
-        return self.client.app
-
-    async def recording(self, *, combined: bool = True, age_days: float = 0,
-                        status: str = "ready") -> Recording:
-        service = self.app[RECORDINGS]
-        async with self.app[keys.sessionmaker]() as db:
-            booking = await db.get(Booking, self.booking.id)
-            assert booking is not None
-            name = f"test-{utcnow().timestamp()}-{id(object())}"
-            recording = await store.create_recording(db, booking, started_by_id=self.tutor.id,
-                                                     directory=name)
-            directory = service.directory_of(recording)
-            await asyncio.to_thread(_record, directory, self.tutor.id, self.student.id)
-            if combined:
-                await asyncio.to_thread(compose_recording, directory, directory / COMBINED_NAME,
-                                        width=320, height=180, fps=5)
-                recording.combined_status = "ready"
-                recording.combined_size = (directory / COMBINED_NAME).stat().st_size
-            result = await asyncio.to_thread(recover_recording, directory)
-            await store.save_result(db, recording, result, status=status)
-            recording.started_at = utcnow() - timedelta(days=age_days)
-            await db.commit()
-            return recording
-
-
-@pytest.fixture
-async def world(client: TestClient, make_user: Callable[..., Awaitable[User]]) -> World:
-    admin = await make_user("admin")
-    tutor = await make_user("tutor")
-    other = await make_user("tutor")
-    student = await make_user("student")
-    async with client.app[keys.sessionmaker]() as db:
-        now = utcnow()
-        booking = Booking(student_id=student.id, tutor_id=tutor.id, start_at=now,
-                          end_at=now + timedelta(hours=1), subject="Algebra", status="completed")
-        db.add(booking)
-        await db.commit()
-    service = client.app[RECORDINGS]
-    service.compose_size = (320, 180)
-    service.compose_fps = 5
-    service.compose_nice = 5
-    return World(client, admin, tutor, other, student, booking)
+__all__ = ["world"]  # the fixture, imported for pytest
 
 
 async def _audit_actions(world: World, recording_id: int) -> list[str]:
@@ -403,7 +316,8 @@ async def test_recover_marks_crashed_recordings_interrupted(world: World) -> Non
                                                  directory="crashed-1")
         await db.commit()
     directory = service.directory_of(recording)
-    await asyncio.to_thread(_record, directory, world.tutor.id, world.student.id, remux=False)
+    await asyncio.to_thread(record_session, directory, world.tutor.id, world.student.id,
+                            remux=False)
     # What a killed server leaves: live-written files and a manifest still saying "recording".
     manifest = json.loads((directory / MANIFEST_NAME).read_text())
     manifest["state"] = "recording"
