@@ -18,6 +18,7 @@ from panda.web import (
     notifications,
     openapi,
     profile,
+    recordings,
     tutors,
 )
 from panda.web.render import STATIC_DIR
@@ -37,6 +38,7 @@ AREAS = [
     calls,
     chat,
     live,
+    recordings,
 ]
 
 

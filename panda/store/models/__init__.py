@@ -43,12 +43,21 @@ from panda.store.models.marketplace import (
     TutorProfile,
     TutorSubject,
 )
+from panda.store.models.recordings import (
+    COMBINED_STATUSES,
+    RECORDING_STATUSES,
+    Recording,
+    RecordingFile,
+    RecordingSettings,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
     "BOOKING_STATUSES",
     "CLAIM_UNIT_MINUTES",
+    "COMBINED_STATUSES",
     "PARTICIPANT_ROLES",
+    "RECORDING_STATUSES",
     "REPORT_STATUSES",
     "ROLES",
     "ROOM_STATUSES",
@@ -74,6 +83,9 @@ __all__ = [
     "OneTimeToken",
     "Question",
     "RateCounter",
+    "Recording",
+    "RecordingFile",
+    "RecordingSettings",
     "Review",
     "SentMarker",
     "StudentQuota",
