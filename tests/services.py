@@ -163,6 +163,39 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
         proc.wait(timeout=10)
 
 
+STALE_AFTER = 15 * 60.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_clusters(parent: str | None) -> None:
+    """Remove clusters left in the temp dir by runs that were killed (their servers died with
+    them): older than STALE_AFTER and with no live postmaster. Clusters of running test sessions
+    are never touched."""
+    base = Path(parent or tempfile.gettempdir())
+    now = time.time()
+    for root in base.glob("panda-pg-*"):
+        try:
+            if now - root.stat().st_mtime < STALE_AFTER:
+                continue
+            pidfile = root / "data" / "postmaster.pid"
+            if pidfile.exists():
+                pid = int(pidfile.read_text().split("\n", 1)[0])
+                if _pid_alive(pid):
+                    continue
+            shutil.rmtree(root, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
 class PostgresServer:
     """A private PostgreSQL cluster in a temporary directory, on a free loopback port."""
 
@@ -201,6 +234,7 @@ class PostgresServer:
         # and the unprivileged server user must reach its data directory.
         # (/tmp itself when root: a private TMPDIR would keep that user out.)
         parent = "/tmp" if user is not None and os.path.isdir("/tmp") else None
+        sweep_stale_clusters(parent)
         self.root = Path(tempfile.mkdtemp(prefix="panda-pg-", dir=parent))
         ids: dict[str, Any] = {}
         if user is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import asyncpg
 import pytest
 import redis
@@ -9,7 +12,7 @@ from sqlalchemy import text
 
 from panda import keys
 from panda.store.db import create_engine
-from tests.services import RedisServer, asyncpg_dsn
+from tests.services import RedisServer, asyncpg_dsn, sweep_stale_clusters
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -80,3 +83,21 @@ async def test_app_runs_on_either_database(client, request: pytest.FixtureReques
     resp = await client.get("/healthz")
     assert resp.status == 200
     assert (await resp.json())["database"] == "ok"
+
+
+def test_sweep_removes_only_clusters_of_dead_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    old = time.time() - 3600
+    dead = tmp_path / "panda-pg-dead"
+    (dead / "data").mkdir(parents=True)
+    (dead / "data" / "postmaster.pid").write_text("999999999\n/x\n")
+    orphan = tmp_path / "panda-pg-orphan"  # killed before the server wrote its pid file
+    orphan.mkdir()
+    live = tmp_path / "panda-pg-live"
+    (live / "data").mkdir(parents=True)
+    (live / "data" / "postmaster.pid").write_text(f"{os.getpid()}\n/x\n")
+    for path in (dead, orphan, live):
+        os.utime(path, (old, old))
+    fresh = tmp_path / "panda-pg-fresh"  # another run setting up right now
+    fresh.mkdir()
+    sweep_stale_clusters(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["panda-pg-fresh", "panda-pg-live"]
