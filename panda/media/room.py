@@ -210,6 +210,10 @@ class Participant:
         else:
             raise SignalError("bad-message", f"unsupported message type {kind!r}")
 
+    async def leave(self) -> None:
+        """Leave the room; a no-op for the room if a reconnect already replaced us."""
+        await self.room.leave(self.id, only=self)
+
     def stats(self) -> dict[str, Any]:
         """Live figures for the admin stats API."""
         now = time.monotonic()
@@ -792,11 +796,19 @@ class Room:
             await self._remove(old)
         return participant
 
-    async def leave(self, participant_id: str) -> None:
-        """Remove a participant: its pc closes, its tracks end, the others are re-offered."""
-        participant = self._participants.pop(participant_id, None)
-        if participant is not None:
-            await self._remove(participant)
+    async def leave(self, participant_id: str, *, only: Participant | None = None) -> None:
+        """Remove a participant: its pc closes, its tracks end, the others are re-offered.
+
+        With ``only``, nothing happens unless that exact Participant is the current one
+        (a websocket closing after its page reconnected must not remove the new one).
+        """
+        current = self._participants.get(participant_id)
+        if current is None or (only is not None and current is not only):
+            if only is not None and not only.closed:
+                await self._remove(only)
+            return
+        del self._participants[participant_id]
+        await self._remove(current)
 
     async def _remove(self, participant: Participant) -> None:
         ended = participant._close()
@@ -885,6 +897,10 @@ class RoomRegistry:
     def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT) -> None:
         self.config = config
         self.media_timeout = media_timeout
+        if config.relay_path != "frame":
+            # The packet-level path is not built yet; frames are forwarded meanwhile.
+            logger.warning("relay path %r not available: using the frame path",
+                           config.relay_path)
         self._rooms: dict[str, Room] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

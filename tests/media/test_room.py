@@ -144,6 +144,9 @@ async def test_reconnect_replaces_participant_and_media_resumes(
         with pytest.raises(SignalError) as err:
             await old_participant.handle_signal({"type": "offer", "sdp": "v=0"})
         assert err.value.code == "closed"
+        # the old page's websocket closing late must not remove the new participant
+        await old_participant.leave()
+        assert room.participants["alice"] is alice2.participant
         # bob now receives the new alice (new mids), and the new alice receives bob
         await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 10, what="new alice")
         new_mid = next(m for m, s in alice2.sources.items() if s == "camera")
