@@ -191,10 +191,29 @@ class ForwardingTrack(MediaStreamTrack):
         self.overflows = 0
         self.keyframe_requests = 0
         self.remb: int | None = None
+        # Timestamps continue across a change of source (see attach()).
+        self._pts_offset = 0
+        self._last_pts: int | None = None
+        self._rebase = False
 
     @property
     def fanout(self) -> Fanout | None:
         return self._fanout
+
+    def attach(self, fanout: Fanout) -> None:
+        """Forward another publication from now on (reusing this track and its sender).
+
+        The new source's timestamps start anywhere; they are shifted to continue just
+        after the last frame sent, as the receiver sees one stream on one SSRC.
+        """
+        if self._fanout is not None:
+            self.detach()
+        self.needs_keyframe = self.kind == "video"
+        self.remb = None
+        self._rebase = True
+        fanout._add_track(self)
+        if self.reading and self._fanout is not None:
+            fanout._on_track_reading(self)
 
     def queued(self) -> int:
         return len(self._frames)
@@ -229,7 +248,19 @@ class ForwardingTrack(MediaStreamTrack):
             finally:
                 self._waiter = None
         self.frames_forwarded += 1
-        return frames.popleft()
+        packet = frames.popleft()
+        if self._rebase:
+            self._rebase = False
+            if self._last_pts is not None:
+                step = _frame_step(self.kind, packet.time_base)
+                self._pts_offset = self._last_pts + step - packet.pts
+        if self._pts_offset:
+            shifted = av.Packet(bytes(packet))
+            shifted.pts = shifted.dts = packet.pts + self._pts_offset
+            shifted.time_base = packet.time_base
+            packet = shifted
+        self._last_pts = packet.pts
+        return packet
 
     def request_keyframe(self) -> None:
         """The subscriber lost a picture (PLI/FIR): ask the publisher, throttled."""
@@ -318,6 +349,13 @@ class Fanout:
         else:
             track._fanout = None
         return track
+
+    def _add_track(self, track: ForwardingTrack) -> None:
+        if not self.ended and track not in self._tracks:
+            track._fanout = self
+            self._tracks.append(track)
+            if track.remb is not None:
+                self._on_remb_changed()
 
     def _on_track_reading(self, track: ForwardingTrack) -> None:
         if track.needs_keyframe and not self.ended:
@@ -435,6 +473,12 @@ class Fanout:
             "subscribers": len(self._tracks),
             "frames_forwarded": sum(t.frames_forwarded for t in self._tracks),
         }
+
+
+def _frame_step(kind: str, time_base: fractions.Fraction) -> int:
+    """One frame's duration in ``time_base`` units (30 fps video, 20 ms audio)."""
+    seconds = fractions.Fraction(1, 30) if kind == "video" else fractions.Fraction(1, 50)
+    return max(1, int(seconds / time_base))
 
 
 def _end_sink(sink: FrameSink) -> None:

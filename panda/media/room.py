@@ -167,6 +167,7 @@ class Participant:
         self._retired: list[Subscription] = []
         self._sub_transceivers: set[RTCRtpTransceiver] = set()  # added by the server
         self._sending: set[RTCRtpTransceiver] = set()  # carrying an active subscription
+        self._attach_after_answer: list[tuple[ForwardingTrack, Fanout]] = []
         self._offer_outstanding = False
         self._renegotiate_wanted = False
         self._renegotiation_task: asyncio.Task[None] | None = None
@@ -555,6 +556,10 @@ class Participant:
                 raise SignalError("bad-sdp", f"answer rejected, connection reset: {exc}") from exc
             self._offer_outstanding = False
             self._learn_remote(description)
+            attach, self._attach_after_answer = self._attach_after_answer, []
+            for track, fanout in attach:
+                if track.readyState == "live":
+                    track.attach(fanout)
             await self._apply_pending_candidates()
             again = self._renegotiate_wanted
             self._renegotiate_wanted = False
@@ -715,7 +720,9 @@ class Participant:
         changed = False
         for pub, sub in list(self._subscriptions.items()):
             if pub not in desired or pub.fanout.ended:
-                sub.track.stop()
+                # The track idles (its sender stays alive) so a later subscription of
+                # the same kind can reuse this m-line instead of adding one.
+                sub.track.detach()
                 del self._subscriptions[pub]
                 self._sending.discard(sub.transceiver)
                 self._set_direction(sub.transceiver)
@@ -723,6 +730,17 @@ class Participant:
                 changed = True
         for pub in desired:
             if pub in self._subscriptions or pub.fanout.ended:
+                continue
+            reusable = self._reusable_subscription(pub)
+            if reusable is not None:
+                self._retired.remove(reusable)
+                # Attached once the answer re-enables the sender: a keyframe read while
+                # it is still disabled would be dropped.
+                self._attach_after_answer.append((reusable.track, pub.fanout))
+                self._sending.add(reusable.transceiver)
+                self._set_direction(reusable.transceiver)
+                self._subscriptions[pub] = Subscription(pub, reusable.transceiver, reusable.track)
+                changed = True
                 continue
             track = pub.fanout.subscribe()
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
@@ -737,6 +755,15 @@ class Participant:
             self._subscriptions[pub] = Subscription(pub, transceiver, track)
             changed = True
         return changed
+
+    def _reusable_subscription(self, pub: Publication) -> Subscription | None:
+        mime = pub.codec.mimeType.lower()
+        for sub in self._retired:
+            codecs = aiortc_patches.transceiver_codecs(sub.transceiver)
+            if (sub.transceiver.kind == pub.kind and sub.track.readyState == "live"
+                    and codecs and codecs[0].mimeType.lower() == mime):
+                return sub
+        return None
 
     async def _renegotiate(self) -> None:
         async with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -147,12 +148,21 @@ async def test_reconnect_replaces_participant_and_media_resumes(
         # the old page's websocket closing late must not remove the new participant
         await old_participant.leave()
         assert room.participants["alice"] is alice2.participant
-        # bob now receives the new alice (new mids), and the new alice receives bob
-        await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 10, what="new alice")
+        # bob now receives the new alice (on the m-line that carried the old one), and the
+        # new alice receives bob
         new_mid = next(m for m, s in alice2.sources.items() if s == "camera")
-        assert contiguous_in(bob.frames_from("alice", "video"), alice2.published[new_mid].sent)
+        new_sent = alice2.published[new_mid].sent
+        await wait_for(lambda: contiguous_in(bob.frames_from("alice", "video")[-10:], new_sent),
+                       what="new alice's frames at bob")
         await wait_for(lambda: len(alice2.frames_from("bob", "video")) >= 10, what="bob at alice2")
         assert len([i for i in bob.tracks.values() if i["participant_id"] == "alice"]) == 2
+        # bob's m-lines that carried the old alice were reused: no m-line growth
+        assert len(bob.pc.getTransceivers()) == 4
+        reused = bob.mids_from("alice", "video")[0]
+        stamps = bob.received[reused].timestamps
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        # one stream on one SSRC: timestamps go on increasing across the change of source
+        assert all(0 < gap < 90000 for gap in gaps), gaps
         assert not bob.errors and not alice2.errors
     finally:
         await close_all(alice, bob, alice2)
