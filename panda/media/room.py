@@ -258,7 +258,9 @@ class Participant:
             "ice_state": self.pc.iceConnectionState,
             "connection_state": self.pc.connectionState,
             "publications": [
-                {"mid": p.mid, "kind": p.kind, "source": p.source, "codec": p.codec.mimeType}
+                {"mid": p.mid, "kind": p.kind, "source": p.source, "codec": p.codec.mimeType,
+                 "subscribers": len(p.fanout.tracks),
+                 "bitrate_limit": p.fanout.bitrate_limit, "remb_sent": p.tap.last_remb_sent}
                 for p in self._publications.values()
             ],
             "subscriptions": len(self._subscriptions),
