@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -164,7 +164,7 @@ class KeyframeRequester:
 class FrameSink(Protocol):
     """Receives every whole encoded frame a fanout forwards (the recorder implements it)."""
 
-    def on_frame(self, packet: av.Packet, *, keyframe: bool, arrival: float) -> None: ...
+    def on_frame(self, packet: av.Packet[Any], *, keyframe: bool, arrival: float) -> None: ...
 
     def on_end(self) -> None: ...
 
@@ -181,7 +181,7 @@ class ForwardingTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self._fanout = fanout
-        self._frames: deque[av.Packet] = deque()
+        self._frames: deque[av.Packet[Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.max_queue = max_queue
         self.reading = False
@@ -223,7 +223,7 @@ class ForwardingTrack(MediaStreamTrack):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _put(self, packet: av.Packet) -> None:
+    def _put(self, packet: av.Packet[Any]) -> None:
         self._frames.append(packet)
         self._wake()
 
@@ -231,7 +231,7 @@ class ForwardingTrack(MediaStreamTrack):
         self.frames_dropped += len(self._frames)
         self._frames.clear()
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet[Any]:
         """Next encoded frame; waits (without limit) while the publisher is silent."""
         if not self.reading:
             self.reading = True
@@ -251,10 +251,10 @@ class ForwardingTrack(MediaStreamTrack):
         packet = frames.popleft()
         if self._rebase:
             self._rebase = False
-            if self._last_pts is not None:
+            if self._last_pts is not None and packet.pts is not None:
                 step = _frame_step(self.kind, packet.time_base)
                 self._pts_offset = self._last_pts + step - packet.pts
-        if self._pts_offset:
+        if self._pts_offset and packet.pts is not None:
             shifted = av.Packet(bytes(packet))
             shifted.pts = shifted.dts = packet.pts + self._pts_offset
             shifted.time_base = packet.time_base

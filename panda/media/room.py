@@ -126,7 +126,7 @@ def parse_sdp(text: Any, kind: str) -> aiortc_sdp.SessionDescription:
         if mid in mids:
             raise _sdp_error(f"duplicate mid {mid!r}")
         mids.add(mid)
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise _sdp_error("ICE username fragment or password missing")
         if media.dtls is None or not media.dtls.fingerprints:
             raise _sdp_error("DTLS fingerprint missing")
@@ -620,13 +620,14 @@ class Participant:
                     self._extmap[ext.uri] = ext.id
             base: dict[int, tuple[Any, ...]] = {}
             for codec in media.rtp.codecs:
-                if not is_rtx(codec):
+                if not is_rtx(codec) and codec.payloadType is not None:
                     key = _codec_key(codec)
                     base[codec.payloadType] = key
                     self._payload_types.setdefault(key, codec.payloadType)
             for codec in media.rtp.codecs:
                 apt = codec.parameters.get("apt")
-                if is_rtx(codec) and apt in base:
+                if is_rtx(codec) and isinstance(apt, int) and apt in base and (
+                        codec.payloadType is not None):
                     self._payload_types.setdefault(("rtx", *base[apt]), codec.payloadType)
 
     async def _create_offer(self) -> str:
@@ -677,28 +678,31 @@ class Participant:
         renumbered: dict[int, int] = {}
         result = []
         for codec in codecs:
-            if is_rtx(codec):
+            original = codec.payloadType
+            if is_rtx(codec) or original is None:
                 continue
             codec = copy.deepcopy(codec)
             key = _codec_key(codec)
             pt = self._payload_types.get(key)
             if pt is None:
-                pt = codec.payloadType if codec.payloadType not in taken else _free_pt(taken)
+                pt = original if original not in taken else _free_pt(taken)
                 self._payload_types[key] = pt
                 taken.add(pt)
-            renumbered[codec.payloadType] = pt
+            renumbered[original] = pt
             codec.payloadType = pt
             result.append(codec)
         for codec in codecs:
             apt = codec.parameters.get("apt")
-            if not is_rtx(codec) or apt not in renumbered:
+            if not is_rtx(codec) or not isinstance(apt, int) or apt not in renumbered:
                 continue
             codec = copy.deepcopy(codec)
             base_key = next(k for k, v in self._payload_types.items() if v == renumbered[apt])
             key = ("rtx", *base_key)
             pt = self._payload_types.get(key)
             if pt is None:
-                pt = codec.payloadType if codec.payloadType not in taken else _free_pt(taken)
+                pt = codec.payloadType
+                if pt is None or pt in taken:
+                    pt = _free_pt(taken)
                 self._payload_types[key] = pt
                 taken.add(pt)
             codec.payloadType = pt
