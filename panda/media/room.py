@@ -42,7 +42,9 @@ VIDEO_MIMES = ("video/vp8", "video/h264")  # in order of preference
 SOURCES = ("camera", "microphone", "screen")
 MAX_MEDIA_SECTIONS = 32
 MAX_PENDING_CANDIDATES = 64
-INITIAL_OFFER_DELAY = 1.0  # let a joining browser's own offer arrive first (avoids glare)
+# A joining browser normally offers first (its tracks); the server offers on its own only
+# after this delay (a receive-only browser that never offers), which avoids glare.
+INITIAL_OFFER_DELAY = 1.0
 CLOSE_TIMEOUT = 10.0
 MEDIA_TIMEOUT = 15.0  # no packet at all from a connected participant this long = vanished
 
@@ -270,7 +272,8 @@ class Participant:
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._initial_timer = loop.call_later(INITIAL_OFFER_DELAY, self._initial_offer)
+        self._initial_timer = loop.call_later(
+            self.room.registry.initial_offer_delay, self._initial_offer)
         self._spawn(self._watch_liveness(self.room.registry.media_timeout))
         self._spawn(self._pump())
 
@@ -927,9 +930,11 @@ class Room:
 class RoomRegistry:
     """Every live room of this process (the web app keeps one, closed at shutdown)."""
 
-    def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT) -> None:
+    def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT,
+                 initial_offer_delay: float = INITIAL_OFFER_DELAY) -> None:
         self.config = config
         self.media_timeout = media_timeout
+        self.initial_offer_delay = initial_offer_delay
         if config.relay_path != "frame":
             # The packet-level path is not built yet; frames are forwarded meanwhile.
             logger.warning("relay path %r not available: using the frame path",

@@ -190,7 +190,8 @@ async def test_vanished_participant_is_cleaned_up(
 async def test_silent_participant_is_cleaned_up(
     no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
 ) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), media_timeout=1.0)
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), media_timeout=1.0,
+                            initial_offer_delay=3600)
     room = registry.get_or_create("silent")
     alice, bob = await call(room, vp8, opus)
     try:
@@ -257,9 +258,29 @@ async def test_bad_input_is_refused_and_the_call_goes_on(
         await close_all(alice, bob)
 
 
-async def test_glare_server_offer_wins(
-    registry: RoomRegistry, vp8: EncodedMedia, opus: EncodedMedia
+async def test_server_offers_first_to_a_participant_that_does_not_offer(
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
 ) -> None:
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
+    room = registry.get_or_create("silent-browser")
+    alice = Client("alice", video=vp8, audio=opus)
+    bob = Client("bob", video=None, audio=None)
+    try:
+        await alice.join(room)
+        await alice.publish()
+        await bob.join(room)  # bob never offers: the server does, after the delay
+        await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 10, what="video")
+        await wait_for(lambda: len(bob.frames_from("alice", "audio")) >= 10, what="audio")
+        assert bob.offers_handled >= 1 and bob.answers == 0
+    finally:
+        await close_all(alice, bob)
+        await registry.close()
+
+
+async def test_glare_server_offer_wins(
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
+) -> None:
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
     room = registry.get_or_create("glare")
     alice = Client("alice", video=vp8, audio=opus)
     bob = Client("bob", video=vp8, audio=opus)
@@ -287,6 +308,7 @@ async def test_glare_server_offer_wins(
     finally:
         bob_inbox_hold.set()
         await close_all(alice, bob)
+        await registry.close()
 
 
 async def test_no_common_codec_is_a_clear_error(
@@ -354,6 +376,7 @@ async def test_keyframe_requested_on_subscribe_and_on_subscriber_pli(
         await alice.publish()
         assert alice.pli_received == 0  # nobody subscribed yet: nobody asked
         await bob.join(room)
+        await bob.receive_only()
         await wait_for(lambda: alice.pli_received >= 1, what="PLI on subscribe")
         await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 5, what="video at bob")
         before = alice.pli_received
@@ -379,6 +402,7 @@ async def test_subscriber_remb_caps_what_the_publisher_is_told(
         await alice.join(room)
         await alice.publish(audio=False)
         await bob.join(room)
+        await bob.receive_only()
         # without a weak subscriber, the relay's own estimate goes above 300 kbit/s
         await wait_for(lambda: any(r > 300_000 for r in alice.remb_received), limit=20,
                        what="server estimate above 300 kbit/s")
@@ -405,7 +429,7 @@ async def test_subscriber_remb_caps_what_the_publisher_is_told(
 async def test_registry_close_awaits_every_pc_and_refuses_new_joins(
     no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
 ) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True))
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=3600)
     room = registry.get_or_create("shutdown")
     alice, bob = await call(room, vp8, opus)
     participants: list[Participant] = list(room.participants.values())
