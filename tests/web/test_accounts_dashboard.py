@@ -36,4 +36,4 @@ async def test_unverified_dashboard_shows_banner(client, make_user) -> None:  # 
     user = await make_user("student", verified=False)
     await login(client, user.email)
     html = await (await client.get("/dashboard")).text()
-    assert 'action="/verify/resend"' in html and "Confirm your e-mail" in html
+    assert 'action="/verify/resend"' in html and "confirm your e-mail address" in html
