@@ -41,7 +41,7 @@ LOGIN_PER_IP = Rule("login-ip", 10, 15 * 60)
 VERIFY_RESEND = Rule("verify-resend", 3, 60 * 60)
 RESET_PER_ACCOUNT = Rule("reset-account", 3, 60 * 60)
 RESET_PER_IP = Rule("reset-ip", 20, 60 * 60)
-SIGNUP_PER_IP = Rule("signup-ip", 20, 60 * 60)
+SIGNUP_PER_IP = Rule("signup-ip", 30, 60 * 60)
 
 
 class RateLimiter(Protocol):

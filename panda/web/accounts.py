@@ -96,11 +96,13 @@ async def signup_page(request: web.Request) -> web.StreamResponse:
 async def signup_submit(request: web.Request) -> web.StreamResponse:
     """Create the account, log it in and mail the confirmation link."""
     form = await read_form(request)
-    await ratelimit.consume(
-        get_limiter(request.app),
+    limiter = get_limiter(request.app)
+    # Only accounts actually created count, so a class signing up together is not blocked by typos.
+    await ratelimit.check(
+        limiter,
         ratelimit.SIGNUP_PER_IP,
         client_ip(request),
-        "Too many sign-ups from your network. Please try again later.",
+        "Many accounts were created from your network in the last hour. Please try again later.",
     )
     data, errors = validate_signup(form)
     async with request.app[keys.sessionmaker]() as db:
@@ -125,6 +127,7 @@ async def signup_submit(request: web.Request) -> web.StreamResponse:
             await db.rollback()
             errors["email"] = EMAIL_EXISTS
             return render(request, "signup.html", _signup_context(form, errors), status=422)
+    await ratelimit.hit(limiter, ratelimit.SIGNUP_PER_IP, client_ip(request))
     await account_mail.send_verification(request.app, user, token)
     flash(
         request,
