@@ -1,5 +1,5 @@
-"""Real Chromium, UDP blocked: it reaches an aiortc server over our passive ICE-TCP port;
-UDP open: it keeps UDP although TCP is on offer.
+"""Real Chromium, UDP blocked: it reaches an aiortc server over our passive ICE-TCP port, and
+re-opens a reset stream; UDP open: it keeps UDP although TCP is on offer.
 
 The test runs a helper process in a fresh network namespace (`unshare -n`): only loopback,
 with policy-routing rules that refuse every UDP packet, so nothing but TCP works. Inside it
@@ -98,7 +98,40 @@ def _setup_namespace(block_udp: bool) -> dict[str, Any]:
     return {"udp": udp}
 
 
-async def _inside_namespace(block_udp: bool) -> dict[str, Any]:
+async def _break_and_recover(tab: Any, listener: Any, connection: Any) -> dict[str, Any]:
+    """Reset the browser's TCP stream; see whether it re-opens it and media resumes."""
+    from panda.media import aioice_patches
+
+    before = (await tab.evaluate("selected()"))["decoded"]
+    old = aioice_patches.selected_pair(connection)
+    old_addr = old.remote_addr if old else None
+    for stream in list(listener._streams):
+        stream.abort("test-reset")
+    reset_at = asyncio.get_running_loop().time()
+    out: dict[str, Any] = {"decoded_before": before}
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                await asyncio.sleep(0.2)
+                decoded = (await tab.evaluate("selected()")).get("decoded", 0)
+                pair = aioice_patches.selected_pair(connection)
+                if (
+                    decoded > before + 30
+                    and pair is not None
+                    and pair.remote_addr != old_addr
+                    and pair.remote_addr in pair.protocol.streams
+                ):
+                    out.update(decoded_after=decoded, recovered=True)
+                    out["seconds"] = round(asyncio.get_running_loop().time() - reset_at, 1)
+                    break
+    except TimeoutError:
+        out["recovered"] = False
+    out["streams_authenticated"] = listener.stats.authenticated
+    out["state"] = await tab.evaluate("window.pc.connectionState")
+    return out
+
+
+async def _inside_namespace(block_udp: bool, break_stream: bool = False) -> dict[str, Any]:
     from aiohttp import web
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import VideoStreamTrack
@@ -181,6 +214,8 @@ async def _inside_namespace(block_udp: bool) -> dict[str, Any]:
                 result["server_transport"] = ice_tcp.selected_transport(connection)
                 result["listener_port"] = listener.port
                 result["tcp_streams"] = listener.stats.authenticated
+                if break_stream:
+                    result["reconnect"] = await _break_and_recover(tab, listener, connection)
             finally:
                 await browser.close()
     finally:
@@ -198,7 +233,7 @@ def _can_unshare() -> bool:
     return probe.returncode == 0
 
 
-async def _run_in_namespace(block_udp: bool) -> dict[str, Any]:
+async def _run_in_namespace(mode: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         "unshare",
@@ -206,7 +241,7 @@ async def _run_in_namespace(block_udp: bool) -> dict[str, Any]:
         sys.executable,
         "-m",
         "tests.media.test_ice_tcp_chromium",
-        "block-udp" if block_udp else "udp-open",
+        mode,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -220,7 +255,7 @@ async def _run_in_namespace(block_udp: bool) -> dict[str, Any]:
 @pytest.mark.e2e
 @pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
 async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
-    result = await _run_in_namespace(block_udp=True)
+    result = await _run_in_namespace("block-udp")
     assert result["udp"].startswith("blocked"), result
     assert result["offer_tcp_active"], result
     assert result["state"] == "succeeded", result
@@ -236,7 +271,7 @@ async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
 @pytest.mark.e2e
 @pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
 async def test_chromium_prefers_udp_when_it_works() -> None:
-    result = await _run_in_namespace(block_udp=False)
+    result = await _run_in_namespace("udp-open")
     assert result["udp"] == "works", result
     assert result["offer_tcp_active"], result  # TCP was on offer, and not chosen
     assert result["local_protocol"] == "udp" and result["remote_protocol"] == "udp", result
@@ -244,5 +279,19 @@ async def test_chromium_prefers_udp_when_it_works() -> None:
     assert result["server_transport"] == "udp", result
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
+async def test_chromium_reopens_a_reset_tcp_stream() -> None:
+    """The relay resets the stream: Chromium re-opens it, the relay renominates, media resumes."""
+    result = await _run_in_namespace("reconnect")
+    assert result["udp"].startswith("blocked"), result
+    assert result["server_transport"] == "tcp", result
+    reconnect = result["reconnect"]
+    assert reconnect["recovered"], result
+    assert reconnect["streams_authenticated"] >= 2, result
+    assert reconnect["state"] == "connected", result
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(_inside_namespace(sys.argv[1] == "block-udp"))))
+    mode = sys.argv[1]
+    print(json.dumps(asyncio.run(_inside_namespace(mode != "udp-open", mode == "reconnect"))))
