@@ -31,7 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 NET_A, NET_B = "10.213.0.1", "10.213.0.2"
 
-PAGE = """<!doctype html><meta charset="utf-8"><title>call</title><body>
+PAGE = r"""<!doctype html><meta charset="utf-8"><title>call</title><body>
 <script>
 const params = new URLSearchParams(location.search);
 window.errors = [];
@@ -45,13 +45,24 @@ async function sendOffer() {
   }
   ws.send(JSON.stringify({type: "offer", sdp: pc.localDescription.sdp, sources}));
 }
+// Only for `python -m tests.media.test_ice_tcp_call both` (see the end of this file):
+// aiortc's re-offers reset RTP header extension ids to its defaults (mid=1), which Chromium
+// rejects ("RTP extension ID reassignment not supported"); map them back to ours.
+function keepExtmapIds(sdp) {
+  const local = pc.currentLocalDescription || pc.localDescription;
+  if (!local || params.get("fixext") !== "1") return sdp;
+  const ids = {};
+  for (const m of local.sdp.matchAll(/^a=extmap:(\d+)(?:\/\w+)? (\S+)/gm)) ids[m[2]] = m[1];
+  return sdp.replace(/^a=extmap:(\d+)((?:\/\w+)?) (\S+)/gm,
+    (line, id, dir, uri) => ids[uri] ? `a=extmap:${ids[uri]}${dir} ${uri}` : line);
+}
 async function handle(msg) {
   if (msg.type === "answer") {
     if (pc.signalingState === "have-local-offer")
       await pc.setRemoteDescription({type: "answer", sdp: msg.sdp});
   } else if (msg.type === "offer") {
     // polite: implicit rollback of a pending own offer
-    await pc.setRemoteDescription({type: "offer", sdp: msg.sdp});
+    await pc.setRemoteDescription({type: "offer", sdp: keepExtmapIds(msg.sdp)});
     await pc.setLocalDescription(await pc.createAnswer());
     ws.send(JSON.stringify({type: "answer", sdp: pc.localDescription.sdp}));
   } else if (msg.type === "error") {
@@ -170,7 +181,7 @@ def _probe_udp_from_b(enter: list[str]) -> str:
             return f"blocked ({sent.stdout.strip() or 'dropped'})"
 
 
-async def _inside_namespace_a() -> dict[str, Any]:
+async def _inside_namespace_a(both_publish: bool = False) -> dict[str, Any]:
     from aiohttp import WSMsgType, web
     from playwright.async_api import async_playwright
 
@@ -240,11 +251,13 @@ async def _inside_namespace_a() -> dict[str, Any]:
                 # Alice publishes; once her media flows, Bob joins to watch. (Neither is
                 # re-offered while publishing: the relay's mid-call re-offers to a
                 # publishing Chromium are a separate problem.)
-                await alice.goto(f"http://127.0.0.1:{port}/?id=alice&publish=1")
+                alice_query = "publish=1&fixext=1" if both_publish else "publish=1"
+                await alice.goto(f"http://127.0.0.1:{port}/?id=alice&{alice_query}")
                 await alice.wait_for_function(
                     "window.pc && window.pc.connectionState === 'connected'", timeout=30000
                 )
-                await bob.goto(f"http://{NET_A}:{port}/?id=bob&publish=0")
+                bob_query = "publish=1&fixext=1" if both_publish else "publish=0"
+                await bob.goto(f"http://{NET_A}:{port}/?id=bob&{bob_query}")
                 reports: dict[str, Any] = {}
 
                 def done() -> bool:
@@ -268,6 +281,13 @@ async def _inside_namespace_a() -> dict[str, Any]:
                 stats = room.stats()
                 result["relay"] = {
                     pid: stats.get(pid, {}).get("transport") for pid in ("alice", "bob")
+                }
+                result["relay_frames"] = {
+                    pid: {
+                        k: stats.get(pid, {}).get(k)
+                        for k in ("frames_received", "frames_forwarded", "keyframes_requested")
+                    }
+                    for pid in ("alice", "bob")
                 }
                 assert network.listener is not None
                 result["tcp_streams"] = network.listener.stats.authenticated
@@ -321,4 +341,7 @@ async def test_call_with_a_participant_whose_udp_is_blocked() -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(_inside_namespace_a())))
+    # `unshare -n python -m tests.media.test_ice_tcp_call both` runs the symmetric call (both
+    # publish, then the relay re-offers to Alice while her media flows) and prints what each
+    # side got: a reproducer for the relay's mid-call re-offers to a publishing Chromium.
+    print(json.dumps(asyncio.run(_inside_namespace_a(sys.argv[1:] == ["both"]))))
