@@ -131,7 +131,34 @@ async def _break_and_recover(tab: Any, listener: Any, connection: Any) -> dict[s
     return out
 
 
-async def _inside_namespace(block_udp: bool, break_stream: bool = False) -> dict[str, Any]:
+async def _start_nginx(tmp: Path, ice_port: int, front: int) -> asyncio.subprocess.Process:
+    """nginx with the documented stream + ssl_preread layout (no web upstream needed here)."""
+    from tests.media.test_ice_tcp_nginx import NGINX, NGINX_CONF, STREAM_MODULE
+
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(module=STREAM_MODULE, tmp=tmp, web=1, ice=ice_port, front=front)
+    )
+    proc = await asyncio.create_subprocess_exec(
+        NGINX,
+        *("-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with asyncio.timeout(15):
+        while True:
+            assert proc.returncode is None, (tmp / "error.log").read_text()
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", front)
+                writer.close()
+                return proc
+            except OSError:
+                await asyncio.sleep(0.05)
+
+
+async def _inside_namespace(
+    block_udp: bool, break_stream: bool = False, via_nginx: bool = False
+) -> dict[str, Any]:
     from aiohttp import web
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import VideoStreamTrack
@@ -142,8 +169,25 @@ async def _inside_namespace(block_udp: bool, break_stream: bool = False) -> dict
     from tests.media.test_ice_tcp_client import Cfg
 
     result: dict[str, Any] = _setup_namespace(block_udp)
-    listener = ice_tcp.IceTcpListener(0, host="127.0.0.1")
-    await listener.start()
+    nginx: asyncio.subprocess.Process | None = None
+    nginx_dir: Path | None = None
+    if via_nginx:
+        # Browsers reach the relay through nginx's shared port, as on a real port 443.
+        import socket
+        import tempfile
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            front = probe.getsockname()[1]
+        listener = ice_tcp.IceTcpListener(0, host="127.0.0.1", advertised_port=front)
+        await listener.start()
+        assert listener.port is not None
+        nginx_dir = Path(tempfile.mkdtemp(prefix="ice-tcp-nginx-"))
+        nginx = await _start_nginx(nginx_dir, listener.port, front)
+        result["front_port"] = front
+    else:
+        listener = ice_tcp.IceTcpListener(0, host="127.0.0.1")
+        await listener.start()
     pcs: list[RTCPeerConnection] = []
     server_frames: asyncio.Queue[Any] = asyncio.Queue()
     tasks: set[asyncio.Task[None]] = set()
@@ -223,6 +267,11 @@ async def _inside_namespace(block_udp: bool, break_stream: bool = False) -> dict
             await pc.close()
         await runner.cleanup()
         await listener.close()
+        if nginx is not None:
+            nginx.terminate()
+            await nginx.wait()
+        if nginx_dir is not None:
+            shutil.rmtree(nginx_dir, ignore_errors=True)
     return result
 
 
@@ -292,6 +341,26 @@ async def test_chromium_reopens_a_reset_tcp_stream() -> None:
     assert reconnect["state"] == "connected", result
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
+@pytest.mark.skipif(
+    not (shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_stream_module.so").exists()),
+    reason="needs nginx with the stream module",
+)
+async def test_chromium_without_udp_through_nginx_shared_port() -> None:
+    """The port-443 layout with a real browser: nginx's shared port is the advertised one."""
+    result = await _run_in_namespace("nginx")
+    assert result["udp"].startswith("blocked"), result
+    assert result["local_protocol"] == "tcp" and result["remote_protocol"] == "tcp", result
+    assert result["remote_port"] == result["front_port"] != result["listener_port"], result
+    assert result["decoded"] > 0 and result["server_frame"][0] > 0, result
+    assert result["server_transport"] == "tcp", result
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    print(json.dumps(asyncio.run(_inside_namespace(mode != "udp-open", mode == "reconnect"))))
+    print(
+        json.dumps(
+            asyncio.run(_inside_namespace(mode != "udp-open", mode == "reconnect", mode == "nginx"))
+        )
+    )
