@@ -7,9 +7,10 @@ Everything runs in network namespaces the test creates (nothing leaves them):
 - namespace B, joined to A by a veth pair (10.213.0.1 <-> 10.213.0.2): Chromium "bob", where
   policy-routing rules refuse every UDP packet.
 
-Alice publishes camera and microphone; Bob watches and must decode her video and receive
-her audio; Bob's selected candidate pair (getStats) must be TCP, Alice's UDP, and the relay
-must report the same transports.
+Alice joins and publishes; once her media flows, Bob joins and publishes too (so the relay
+re-offers to Alice mid-call). Each must decode the other's video and receive the other's
+audio; Bob's selected candidate pair (getStats) must be TCP, Alice's UDP, and the relay must
+report the same transports.
 The page speaks the signalling messages of the media contract over a WebSocket.
 """
 
@@ -45,24 +46,13 @@ async function sendOffer() {
   }
   ws.send(JSON.stringify({type: "offer", sdp: pc.localDescription.sdp, sources}));
 }
-// Only for `python -m tests.media.test_ice_tcp_call both` (see the end of this file):
-// aiortc's re-offers reset RTP header extension ids to its defaults (mid=1), which Chromium
-// rejects ("RTP extension ID reassignment not supported"); map them back to ours.
-function keepExtmapIds(sdp) {
-  const local = pc.currentLocalDescription || pc.localDescription;
-  if (!local || params.get("fixext") !== "1") return sdp;
-  const ids = {};
-  for (const m of local.sdp.matchAll(/^a=extmap:(\d+)(?:\/\w+)? (\S+)/gm)) ids[m[2]] = m[1];
-  return sdp.replace(/^a=extmap:(\d+)((?:\/\w+)?) (\S+)/gm,
-    (line, id, dir, uri) => ids[uri] ? `a=extmap:${ids[uri]}${dir} ${uri}` : line);
-}
 async function handle(msg) {
   if (msg.type === "answer") {
     if (pc.signalingState === "have-local-offer")
       await pc.setRemoteDescription({type: "answer", sdp: msg.sdp});
   } else if (msg.type === "offer") {
     // polite: implicit rollback of a pending own offer
-    await pc.setRemoteDescription({type: "offer", sdp: keepExtmapIds(msg.sdp)});
+    await pc.setRemoteDescription({type: "offer", sdp: msg.sdp});
     await pc.setLocalDescription(await pc.createAnswer());
     ws.send(JSON.stringify({type: "answer", sdp: pc.localDescription.sdp}));
   } else if (msg.type === "error") {
@@ -181,7 +171,7 @@ def _probe_udp_from_b(enter: list[str]) -> str:
             return f"blocked ({sent.stdout.strip() or 'dropped'})"
 
 
-async def _inside_namespace_a(both_publish: bool = False) -> dict[str, Any]:
+async def _inside_namespace_a() -> dict[str, Any]:
     from aiohttp import WSMsgType, web
     from playwright.async_api import async_playwright
 
@@ -248,25 +238,19 @@ async def _inside_namespace_a(both_publish: bool = False) -> dict[str, Any]:
             try:
                 alice = await browsers[0].new_page()
                 bob = await browsers[1].new_page()
-                # Alice publishes; once her media flows, Bob joins to watch. (Neither is
-                # re-offered while publishing: the relay's mid-call re-offers to a
-                # publishing Chromium are a separate problem.)
-                alice_query = "publish=1&fixext=1" if both_publish else "publish=1"
-                await alice.goto(f"http://127.0.0.1:{port}/?id=alice&{alice_query}")
+                await alice.goto(f"http://127.0.0.1:{port}/?id=alice&publish=1")
                 await alice.wait_for_function(
                     "window.pc && window.pc.connectionState === 'connected'", timeout=30000
                 )
-                bob_query = "publish=1&fixext=1" if both_publish else "publish=0"
-                await bob.goto(f"http://{NET_A}:{port}/?id=bob&{bob_query}")
+                await bob.goto(f"http://{NET_A}:{port}/?id=bob&publish=1")
                 reports: dict[str, Any] = {}
 
                 def done() -> bool:
-                    bob_report = reports.get("bob", {})
-                    return (
-                        bob_report.get("video", 0) > 0
-                        and bob_report.get("audio", 0) > 0
-                        and bool(bob_report.get("local_protocol"))
-                        and bool(reports.get("alice", {}).get("local_protocol"))
+                    return len(reports) == 2 and all(
+                        r.get("video", 0) > 0
+                        and r.get("audio", 0) > 0
+                        and bool(r.get("local_protocol"))
+                        for r in reports.values()
                     )
 
                 try:
@@ -332,8 +316,9 @@ async def test_call_with_a_participant_whose_udp_is_blocked() -> None:
     alice, bob = result["browsers"]["alice"], result["browsers"]["bob"]
     for who in (alice, bob):
         assert who["state"] == "connected", result
-    # Alice's camera and microphone reach Bob through the relay and his TCP stream.
-    assert bob["video"] > 0 and bob["audio"] > 0, result
+    # Media both ways through the relay, Bob's side over his TCP stream.
+    for who in (alice, bob):
+        assert who["video"] > 0 and who["audio"] > 0, result
     assert bob["local_protocol"] == "tcp" and bob["remote_protocol"] == "tcp", result
     assert alice["local_protocol"] == "udp", result
     assert result["relay"] == {"alice": "udp", "bob": "tcp"}, result
@@ -341,7 +326,4 @@ async def test_call_with_a_participant_whose_udp_is_blocked() -> None:
 
 
 if __name__ == "__main__":
-    # `unshare -n python -m tests.media.test_ice_tcp_call both` runs the symmetric call (both
-    # publish, then the relay re-offers to Alice while her media flows) and prints what each
-    # side got: a reproducer for the relay's mid-call re-offers to a publishing Chromium.
-    print(json.dumps(asyncio.run(_inside_namespace_a(sys.argv[1:] == ["both"]))))
+    print(json.dumps(asyncio.run(_inside_namespace_a())))
