@@ -609,7 +609,8 @@ class CallPage {
     this.teardown();
     this.applyState("ended");
     this.q("[data-ended-title]").textContent = "You left the call";
-    this.q("[data-ended-text]").textContent = "You can rejoin from your dashboard while the session is open.";
+    this.q("[data-ended-text]").textContent = "You can come back while the session's room is open.";
+    this.q("[data-rejoin]").hidden = false;
   }
 
   async endForAll() {
