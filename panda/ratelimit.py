@@ -111,10 +111,11 @@ class DatabaseRateLimiter:
         now = utcnow()
         cutoff = now - timedelta(seconds=window)
         async with self._sessionmaker() as db:
-            insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
-            table = RateCounter.__table__
-            stmt = insert(table).values(key=key, window_start=now, count=1)
+            dialect = db.get_bind().dialect.name
+            insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+            table: Any = RateCounter.__table__
             expired = table.c.window_start <= cutoff
+            stmt = insert(table).values(key=key, window_start=now, count=1)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[table.c.key],
                 set_={

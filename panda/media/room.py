@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiortc import RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
@@ -40,7 +42,7 @@ VIDEO_MIMES = ("video/vp8", "video/h264")  # in order of preference
 SOURCES = ("camera", "microphone", "screen")
 MAX_MEDIA_SECTIONS = 32
 MAX_PENDING_CANDIDATES = 64
-INITIAL_OFFER_DELAY = 0.3  # let a joining browser's own offer arrive first (avoids glare)
+INITIAL_OFFER_DELAY = 1.0  # let a joining browser's own offer arrive first (avoids glare)
 CLOSE_TIMEOUT = 10.0
 MEDIA_TIMEOUT = 15.0  # no packet at all from a connected participant this long = vanished
 
@@ -80,6 +82,19 @@ class _Sample:
     rx: int = 0
     tx: int = 0
     rates: tuple[int, int] = field(default=(0, 0))
+
+
+def _codec_key(codec: RTCRtpCodecParameters) -> tuple[Any, ...]:
+    """What makes two codec entries the same configuration (payload type aside)."""
+    key: tuple[Any, ...] = (codec.mimeType.lower(), codec.clockRate, codec.channels or 1)
+    if codec.mimeType.lower() == "video/h264":
+        key += (str(codec.parameters.get("packetization-mode", "0")),
+                str(codec.parameters.get("profile-level-id", "42e01f")).lower())
+    return key
+
+
+def _free_pt(taken: set[int]) -> int:
+    return next(pt for pt in range(96, 128) if pt not in taken)
 
 
 def _sdp_error(message: str) -> SignalError:
@@ -150,7 +165,8 @@ class Participant:
         self._publications: dict[str, Publication] = {}
         self._subscriptions: dict[Publication, Subscription] = {}
         self._retired: list[Subscription] = []
-        self._sub_transceivers: set[RTCRtpTransceiver] = set()
+        self._sub_transceivers: set[RTCRtpTransceiver] = set()  # added by the server
+        self._sending: set[RTCRtpTransceiver] = set()  # carrying an active subscription
         self._offer_outstanding = False
         self._renegotiate_wanted = False
         self._renegotiation_task: asyncio.Task[None] | None = None
@@ -159,6 +175,8 @@ class Participant:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._notifications: set[asyncio.Task[None]] = set()
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._extmap: dict[str, int] = {}  # RTP header extension uri -> id on this BUNDLE
+        self._payload_types: dict[tuple[Any, ...], int] = {}  # codec key -> payload type
         self._sample = _Sample(at=time.monotonic())
         self.joined_at = time.time()
         self.state = "connecting"
@@ -358,6 +376,7 @@ class Participant:
             new = [(m.kind, m.rtp.muxId) for m in description.media]
             if new[: len(old)] != old:
                 raise _sdp_error("an offer must keep the existing media sections in order")
+        # The server's own m-lines were offered with the room's codecs already.
         sub_mids = {t.mid for t in self._sub_transceivers if t.mid is not None}
         video_mime = self.room.video_mime
         for media in description.media:
@@ -399,6 +418,7 @@ class Participant:
             if self.pc.signalingState != "stable":
                 raise SignalError("glare", "the server's offer is outstanding: answer it first")
             video_mime = self._check_offer(description)
+            self._learn_remote(description)
             try:
                 await self.pc.setRemoteDescription(
                     RTCSessionDescription(sdp=msg["sdp"], type="offer")
@@ -432,14 +452,17 @@ class Participant:
         raise SignalError("bad-sdp", f"description rejected, connection reset: {exc}") from exc
 
     def _apply_publications(self, sources: Mapping[str, str]) -> bool:
+        # Any m-line may carry a publication, including one the server added to send a
+        # subscription: browsers attach a new track (addTrack, e.g. screen share) to an
+        # unused transceiver of the same kind, and after a glare rollback their first
+        # tracks land on the server's m-lines.
         changed = False
         for transceiver in self.pc.getTransceivers():
-            if transceiver in self._sub_transceivers or transceiver.mid is None:
+            if transceiver.mid is None:
                 continue
             mid = transceiver.mid
             mime = AUDIO_MIME if transceiver.kind == "audio" else self.room.video_mime
             codec = aiortc_patches.restrict_transceiver_codecs(transceiver, mime) if mime else None
-            transceiver.direction = "recvonly"
             offered = aiortc_patches.transceiver_offer_direction(transceiver)
             sending = offered in ("recvonly", "sendrecv") and codec is not None
             pub = self._publications.get(mid)
@@ -454,7 +477,15 @@ class Participant:
             elif not sending and pub is not None:
                 self._unpublish(pub)
                 changed = True
+            self._set_direction(transceiver)
         return changed
+
+    def _set_direction(self, transceiver: RTCRtpTransceiver) -> None:
+        send = transceiver in self._sending
+        recv = transceiver not in self._sub_transceivers or (
+            transceiver.mid is not None and transceiver.mid in self._publications)
+        transceiver.direction = ("sendrecv" if recv else "sendonly") if send else (
+            "recvonly" if recv else "inactive")
 
     def _default_source(self, kind: str, mid: str) -> str:
         if kind == "audio":
@@ -502,7 +533,7 @@ class Participant:
     # ------------------------------------------------------------------ browser answer
 
     async def _handle_answer(self, msg: dict[str, Any]) -> None:
-        parse_sdp(msg.get("sdp"), "answer")
+        description = parse_sdp(msg.get("sdp"), "answer")
         async with self._lock:
             if self.closed:
                 raise SignalError("closed", "this connection is closed; join again")
@@ -519,6 +550,7 @@ class Participant:
                 self.room._participant_vanished(self)
                 raise SignalError("bad-sdp", f"answer rejected, connection reset: {exc}") from exc
             self._offer_outstanding = False
+            self._learn_remote(description)
             await self._apply_pending_candidates()
             again = self._renegotiate_wanted
             self._renegotiate_wanted = False
@@ -569,6 +601,102 @@ class Participant:
 
     # ------------------------------------------------------------------ server offers
 
+    def _learn_remote(self, description: aiortc_sdp.SessionDescription) -> None:
+        """Remember the browser's RTP header extension ids and payload types."""
+        for media in description.media:
+            for ext in media.rtp.headerExtensions:
+                if ext.uri not in self._extmap and ext.id not in self._extmap.values():
+                    self._extmap[ext.uri] = ext.id
+            base: dict[int, tuple[Any, ...]] = {}
+            for codec in media.rtp.codecs:
+                if not is_rtx(codec):
+                    key = _codec_key(codec)
+                    base[codec.payloadType] = key
+                    self._payload_types.setdefault(key, codec.payloadType)
+            for codec in media.rtp.codecs:
+                apt = codec.parameters.get("apt")
+                if is_rtx(codec) and apt in base:
+                    self._payload_types.setdefault(("rtx", *base[apt]), codec.payloadType)
+
+    async def _create_offer(self) -> str:
+        """createOffer(), fixed for renegotiation with a browser on one BUNDLE transport.
+
+        aiortc's createOffer() resets every transceiver to its own codec list and payload
+        type numbers and to its own header extension ids. Re-offered m-lines keep what was
+        negotiated (a browser would otherwise switch payload types under a running
+        receiver); new m-lines use the browser's numbers, so each payload type and
+        extension id means one thing on the transport.
+        """
+        negotiated = {
+            t: aiortc_patches.transceiver_codecs(t)
+            for t in self.pc.getTransceivers()
+            if t.mid is not None and t.currentDirection is not None
+        }
+        offer = await self.pc.createOffer()
+        description = aiortc_sdp.SessionDescription.parse(offer.sdp)
+        for transceiver in self.pc.getTransceivers():
+            index = aiortc_patches.mline_index(transceiver)
+            if index is None or index >= len(description.media):
+                continue
+            media = description.media[index]
+            codecs = negotiated.get(transceiver) or self._browser_payload_types(
+                media.rtp.codecs)
+            media.rtp.codecs = codecs
+            media.fmt = [c.payloadType for c in codecs]
+            aiortc_patches.set_transceiver_codecs(transceiver, codecs)
+        for media in description.media:
+            kept = []
+            for ext in media.rtp.headerExtensions:
+                known = self._extmap.get(ext.uri)
+                if known is None:
+                    taken = set(self._extmap.values())
+                    known = next((i for i in range(1, 15) if i not in taken), None)
+                    if known is None:
+                        continue  # no one-byte id left: offer without this extension
+                    self._extmap[ext.uri] = known
+                ext.id = known
+                kept.append(ext)
+            media.rtp.headerExtensions = kept
+        return str(description)
+
+    def _browser_payload_types(
+        self, codecs: list[RTCRtpCodecParameters]
+    ) -> list[RTCRtpCodecParameters]:
+        taken = set(self._payload_types.values())
+        renumbered: dict[int, int] = {}
+        result = []
+        for codec in codecs:
+            if is_rtx(codec):
+                continue
+            codec = copy.deepcopy(codec)
+            key = _codec_key(codec)
+            pt = self._payload_types.get(key)
+            if pt is None:
+                pt = codec.payloadType if codec.payloadType not in taken else _free_pt(taken)
+                self._payload_types[key] = pt
+                taken.add(pt)
+            renumbered[codec.payloadType] = pt
+            codec.payloadType = pt
+            result.append(codec)
+        for codec in codecs:
+            apt = codec.parameters.get("apt")
+            if not is_rtx(codec) or apt not in renumbered:
+                continue
+            codec = copy.deepcopy(codec)
+            base_key = next(k for k, v in self._payload_types.items() if v == renumbered[apt])
+            key = ("rtx", *base_key)
+            pt = self._payload_types.get(key)
+            if pt is None:
+                pt = codec.payloadType if codec.payloadType not in taken else _free_pt(taken)
+                self._payload_types[key] = pt
+                taken.add(pt)
+            codec.payloadType = pt
+            codec.parameters = {**codec.parameters, "apt": renumbered[apt]}
+            # keep each RTX right after its codec, as aiortc's own lists do
+            index = next(i for i, c in enumerate(result) if c.payloadType == renumbered[apt])
+            result.insert(index + 1, codec)
+        return result
+
     def schedule_renegotiation(self) -> None:
         """Re-offer this participant's subscriptions if they changed (serialised)."""
         if self.closed or self._initial_timer is not None:
@@ -584,8 +712,9 @@ class Participant:
         for pub, sub in list(self._subscriptions.items()):
             if pub not in desired or pub.fanout.ended:
                 sub.track.stop()
-                sub.transceiver.direction = "inactive"
                 del self._subscriptions[pub]
+                self._sending.discard(sub.transceiver)
+                self._set_direction(sub.transceiver)
                 self._retired.append(sub)
                 changed = True
         for pub in desired:
@@ -600,6 +729,7 @@ class Participant:
                 on_remb=track.set_remb,
             )
             self._sub_transceivers.add(transceiver)
+            self._sending.add(transceiver)
             self._subscriptions[pub] = Subscription(pub, transceiver, track)
             changed = True
         return changed
@@ -613,8 +743,8 @@ class Participant:
                 return
             if not self._update_subscriptions():
                 return
-            offer = await self.pc.createOffer()
-            await self.pc.setLocalDescription(offer)
+            offer_sdp = await self._create_offer()
+            await self.pc.setLocalDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             self._offer_outstanding = True
             tracks = {
                 sub.transceiver.mid: {

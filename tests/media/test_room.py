@@ -94,6 +94,37 @@ async def test_screen_share_added_by_renegotiation_then_removed(
         await close_all(alice, bob)
 
 
+async def test_track_added_on_a_server_m_line_is_published(
+    registry: RoomRegistry, vp8: EncodedMedia, opus: EncodedMedia
+) -> None:
+    room = registry.get_or_create("reuse")
+    alice, bob = await call(room, vp8, opus)
+    try:
+        await wait_for(lambda: settled(alice) and settled(bob), what="quiet signalling")
+        bob_camera_mid = next(m for m, i in alice.tracks.items()
+                              if i["participant_id"] == "bob" and i["kind"] == "video")
+        screen = alice.add_track("video", "screen", reuse=True)
+        await alice.offer()
+        screen_mid = next(m for m, t in alice.published.items() if t is screen)
+        assert screen_mid == bob_camera_mid  # the m-line that brings bob's camera to alice
+        await wait_for(lambda: len(bob.frames_from("alice", "video", "screen")) >= 10,
+                       what="screen share at bob")
+        assert contiguous_in(bob.frames_from("alice", "video", "screen"), screen.sent)
+        # the same m-line still brings bob's camera to alice
+        await wait_for(growing(lambda: alice.received[bob_camera_mid].frames))
+        transceiver = next(t for t in alice.pc.getTransceivers() if t.mid == screen_mid)
+        assert transceiver.currentDirection == "sendrecv"
+        # and it can stop again
+        await wait_for(lambda: settled(alice) and settled(bob), what="quiet signalling")
+        await alice.stop_publishing(screen_mid)
+        await wait_for(lambda: not any(i["source"] == "screen" for i in bob.tracks.values()),
+                       what="screen gone at bob")
+        await wait_for(growing(lambda: alice.received[bob_camera_mid].frames))
+        assert not alice.errors and not bob.errors
+    finally:
+        await close_all(alice, bob)
+
+
 async def test_reconnect_replaces_participant_and_media_resumes(
     registry: RoomRegistry, vp8: EncodedMedia, opus: EncodedMedia
 ) -> None:
