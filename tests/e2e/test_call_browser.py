@@ -129,7 +129,7 @@ async def login(context: BrowserContext, base: str, email: str, password: str) -
     await page.get_by_label("E-mail").fill(email)
     await page.get_by_label("Password").fill(password)
     await page.get_by_role("button", name="Log in").click()
-    await page.wait_for_url("**/dashboard", limit=15000)
+    await page.wait_for_url("**/dashboard", timeout=15000)
     return page
 
 
@@ -270,7 +270,7 @@ async def test_reload_comes_back_with_media(pair: dict[str, Any]) -> None:
         tutor,
         lambda s: best_video(s)["frames"] > 10 and best_video(s)["frames"] != before,
         "tutor decodes the reloaded student's video",
-        timeout=30,
+        limit=30,
     )
     await video_growing(student, "reloaded student receives tutor video", limit=30)
     elapsed = time.monotonic() - t0
@@ -283,7 +283,7 @@ async def test_lost_connection_recovers_without_reload(pair: dict[str, Any]) -> 
     await video_growing(student, "student receives tutor video")
     # Drop the peer connection and the socket under the page, as a network change would.
     await student.evaluate("window.pandaCall.peer.pc.close(); window.pandaCall.sig.ws.close()")
-    await student.wait_for_selector('[data-call-state="reconnecting"]', limit=10000)
+    await student.wait_for_selector('[data-call-state="reconnecting"]', timeout=10000)
     await student.wait_for_selector('[data-call-state="connected"]', timeout=DEADLINE * 1000)
     await video_growing(student, "student receives tutor video after recovery", limit=30)
     await video_growing(tutor, "tutor receives student video after recovery", limit=30)
@@ -294,7 +294,7 @@ async def test_server_restart_is_survived(pair: dict[str, Any]) -> None:
     await video_growing(tutor, "tutor receives student video")
     server: LiveServer = pair["server"]
     server.stop()
-    await student.wait_for_selector('[data-call-state="reconnecting"]', limit=15000)
+    await student.wait_for_selector('[data-call-state="reconnecting"]', timeout=15000)
     server.start()
     for page in (student, tutor):
         await page.wait_for_selector('[data-call-state="connected"]', timeout=DEADLINE * 1000)
