@@ -498,11 +498,15 @@ class CallPage {
     for (const el of this.root.querySelectorAll("[data-mid]")) {
       if (!keep.has(el.dataset.mid)) el.remove();
     }
-    const anyone = this.participants.size > 0;
     empty.hidden = grid.querySelector(".tile") !== null;
-    this.q("[data-stage-empty-text]").textContent = anyone
-      ? "Connecting to the others…"
-      : `Waiting for ${this.otherName} to join…`;
+    const others = [...this.participants.values()];
+    let text = `Waiting for ${this.otherName} to join…`;
+    if (others.length) {
+      const names = others.map((p) => p.name).join(" and ");
+      const withoutCamera = others.every((p) => p.media && p.media.video === false && !p.media.screen);
+      text = withoutCamera ? `${names} joined without a camera` : `Connecting to ${names}…`;
+    }
+    this.q("[data-stage-empty-text]").textContent = text;
   }
 
   ensureAudio(mid, track) {

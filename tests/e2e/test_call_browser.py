@@ -346,3 +346,84 @@ async def test_outsider_is_refused(
         assert opened == "closed"
     finally:
         await context.close()
+
+
+DENY_DEVICES_JS = """
+navigator.mediaDevices.getUserMedia = async () => {
+  throw new DOMException("Permission denied", "NotAllowedError");
+};
+"""
+
+
+async def test_denied_devices_join_receive_only(
+    browser: Browser, live_server: LiveServer, demo: dict[str, Any]
+) -> None:
+    sid = demo["session_id"]
+    contexts = []
+    try:
+        student_ctx = await browser.new_context()
+        contexts.append(student_ctx)
+        await student_ctx.add_init_script(DENY_DEVICES_JS)
+        student = await login(
+            student_ctx, live_server.url, demo["student"]["email"], demo["student"]["password"]
+        )
+        tutor_ctx = await browser.new_context()
+        contexts.append(tutor_ctx)
+        tutor = await login(
+            tutor_ctx, live_server.url, demo["tutor"]["email"], demo["tutor"]["password"]
+        )
+        await join(tutor, live_server.url, sid)
+        await student.goto(f"{live_server.url}/sessions/{sid}/call")
+        problems = student.locator("[data-device-problems]")
+        await problems.wait_for(state="visible")
+        text = await problems.inner_text()
+        assert "blocked" in text and "still join to watch and listen" in text
+        await student.click('[data-action="join"]')
+        await student.wait_for_selector('[data-call-state="connected"]')
+        assert await student.get_attribute('[data-action="mute"]', "aria-pressed") == "true"
+        await asyncio.gather(
+            video_growing(student, "receive-only student sees the tutor"),
+            audio_growing(student, "receive-only student hears the tutor"),
+        )
+        await tutor.wait_for_selector("[data-stage-empty-text]:has-text('without a camera')")
+    finally:
+        for context in contexts:
+            await context.close()
+
+
+async def test_hostile_messages_and_ending_the_call(pair: dict[str, Any]) -> None:
+    student, tutor = await _both_join(pair)
+    await video_growing(tutor, "tutor receives student video")
+    errors: list[str] = []
+    four = asyncio.Event()
+
+    def on_console(message: Any) -> None:
+        if "call error" in message.text:
+            errors.append(message.text)
+            if len(errors) >= 4:
+                four.set()
+
+    student.on("console", on_console)
+    await student.evaluate(
+        """() => {
+          const sig = window.pandaCall.sig;
+          sig.send({ type: "offer", sdp: "garbage", sources: {} });
+          sig.send({ type: "dance" });
+          sig.send({ type: "answer", sdp: "v=0 " + "x".repeat(70000) });
+          sig.ws.send("not json");
+        }"""
+    )
+    await asyncio.wait_for(four.wait(), 20)
+    codes = sorted(e.split()[2] for e in errors)
+    assert codes == ["bad-message", "bad-sdp", "too-large", "unknown-type"], errors
+    # The call carries on in both directions.
+    await video_growing(tutor, "tutor still receives student video", limit=20)
+    await video_growing(student, "student still receives tutor video", limit=20)
+    assert await student.get_attribute("#call", "data-call-state") == "connected"
+    # The tutor ends it for everyone; coming back shows the ended page.
+    await tutor.click('[data-action="end"]')
+    await student.wait_for_selector('[data-call-state="ended"]', timeout=15000)
+    await tutor.wait_for_selector('[data-call-state="ended"]', timeout=15000)
+    await student.reload()
+    assert await student.get_attribute("#call", "data-call-state") == "ended"
+    assert await student.locator('[data-action="join"]').is_hidden()
