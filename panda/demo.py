@@ -117,9 +117,12 @@ async def run_demo(
             logins = _load_logins(settings)
             users = {role: await _ensure_user(db, role, logins[role]) for role in DEMO_USERS}
             booking = await _ensure_session_now(db, users["student"], users["tutor"])
+            from panda.demo_data import prepare_demo_tutor
+
+            await prepare_demo_tutor(db, users["tutor"], users["student"])
             await db.commit()
             if tutors:
-                from panda.demo_data import create_many_tutors  # type: ignore[import-not-found]
+                from panda.demo_data import create_many_tutors
 
                 await create_many_tutors(db, tutors)
     finally:
