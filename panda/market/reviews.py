@@ -171,6 +171,7 @@ async def list_reviews(
     return [(r, name.split(" ")[0]) for r, name in (await db.execute(stmt)).all()]
 
 
-def bayesian_average(avg: float, count: int, prior_mean: float = 4.0, weight: int = 5) -> float:
-    """Rating shrunk towards the prior so one 5-star review does not beat fifty 4.8s."""
+def bayesian_average(avg: float, count: int, prior_mean: float = 3.5, weight: int = 10) -> float:
+    """Rating shrunk towards a modest prior (as if every tutor started with ten 3.5-star
+    reviews), so one 5-star review (3.64) does not beat fifty 4.8s (4.58)."""
     return (prior_mean * weight + avg * count) / (weight + count)

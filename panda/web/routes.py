@@ -6,18 +6,30 @@ from aiohttp import web
 
 from panda.web import (
     accounts,
+    admin_market,
     bookings,
     calendar,
     home,
     market_dashboard,
     notifications,
     openapi,
+    questions,
     tutors,
 )
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, tutors, bookings, calendar, notifications, market_dashboard]
+AREAS = [
+    home,
+    accounts,
+    tutors,
+    bookings,
+    calendar,
+    notifications,
+    market_dashboard,
+    admin_market,
+    questions,
+]
 
 
 def setup_routes(app: web.Application) -> None:
