@@ -171,6 +171,11 @@ async def prepare_demo_tutor(db: AsyncSession, tutor: User, student: User | None
         student.interests = ["Algebra", "Physics"]
 
 
+async def extend_demo(db: AsyncSession, users: dict[str, User], booking: Any) -> None:
+    """`panda demo` hook: the demo tutor gets a profile and hours, the student interests."""
+    await prepare_demo_tutor(db, users["tutor"], users.get("student"))
+
+
 def _chunks(rows: list[dict[str, Any]], size: int = 2000) -> list[list[dict[str, Any]]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from panda.errors import Conflict, Forbidden, NotFound, ValidationError
 from panda.market import notify as notes
-from panda.store.models import AuditEntry, Booking, Review, TutorProfile, User
+from panda.store.models import Booking, Review, TutorProfile, User
 from panda.store.types import utcnow
 
 MAX_TEXT = 3000
@@ -123,36 +123,10 @@ async def set_hidden(
 async def write_audit(
     db: AsyncSession, actor: User, action: str, target_type: str, target_id: str, detail: dict
 ) -> None:
-    """Record an admin action (uses the shared audit helper when it exists)."""
-    try:
-        from panda.store import audit  # type: ignore[attr-defined]
+    """Record an admin action in the audit log, in the caller's transaction."""
+    from panda.store import audit
 
-        helper = getattr(audit, "record", None) or getattr(audit, "log_action", None)
-    except ImportError:
-        helper = None
-    if helper is not None:
-        try:
-            await helper(
-                db,
-                actor=actor,
-                action=action,
-                target_type=target_type,
-                target_id=target_id,
-                detail=detail,
-            )
-            return
-        except TypeError:
-            pass
-    db.add(
-        AuditEntry(
-            actor_id=actor.id,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            detail=detail,
-            created_at=utcnow(),
-        )
-    )
+    await audit.record(db, actor, action, target_type=target_type, target_id=target_id, **detail)
 
 
 async def list_reviews(

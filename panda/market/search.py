@@ -212,6 +212,12 @@ async def search_tutors(db: AsyncSession, q: SearchQuery) -> tuple[list[TutorCar
     return await cards(db, [(u, p) for u, p in rows.all()]), total
 
 
+def _photo_url(user: User) -> str | None:
+    from panda.web.profile import photo_url
+
+    return photo_url(user)
+
+
 def card_json(card: TutorCard) -> dict[str, Any]:
     """The API shape of a tutor in search results and on the profile."""
     p = card.profile
@@ -225,7 +231,7 @@ def card_json(card: TutorCard) -> dict[str, Any]:
         "hourly_rate": {"amount_cents": p.hourly_rate_cents, "currency": p.currency},
         "location": {"city": p.city, "country": p.country, "online_only": p.online_only},
         "timezone": card.user.timezone,
-        "photo": card.user.photo,
+        "photo_url": _photo_url(card.user),
         "intro_video_url": p.intro_video_url,
         "session_minutes": p.session_minutes,
         "rating": {"average": round(p.rating_avg, 2), "count": p.rating_count},

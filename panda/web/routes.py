@@ -6,14 +6,21 @@ from aiohttp import web
 
 from panda.web import (
     accounts,
+    admin,
     admin_market,
+    api_auth,
     bookings,
     calendar,
+    calls,
+    chat,
     home,
+    live,
     market_dashboard,
     notifications,
     openapi,
+    profile,
     questions,
+    recordings,
     tutors,
 )
 from panda.web.render import STATIC_DIR
@@ -22,6 +29,9 @@ from panda.web.render import STATIC_DIR
 AREAS = [
     home,
     accounts,
+    profile,
+    admin,
+    api_auth,
     tutors,
     bookings,
     calendar,
@@ -29,6 +39,10 @@ AREAS = [
     market_dashboard,
     admin_market,
     questions,
+    calls,
+    chat,
+    live,
+    recordings,
 ]
 
 

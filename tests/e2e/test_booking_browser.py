@@ -74,7 +74,7 @@ async def test_search_request_accept_dashboards(browser: Browser, live_server: L
     await tutor.get_by_role("button", name="Accept").click()
     await expect(tutor.locator(".badge", has_text="scheduled")).to_be_visible()
     await tutor.goto(live_server.url + "/dashboard")
-    upcoming = tutor.locator("article", has=tutor.get_by_role("heading", name="Upcoming sessions"))
+    upcoming = tutor.locator("section", has=tutor.get_by_role("heading", name="Upcoming sessions"))
     await expect(upcoming.locator(f"a[href='{booking_path}']")).to_be_visible()
 
     await student.goto(live_server.url + "/dashboard")

@@ -19,6 +19,14 @@ from panda.store.models.bookings import (
     BookingClaim,
     StudentQuota,
 )
+from panda.store.models.calls import PARTICIPANT_ROLES, ROOM_STATUSES, CallParticipant, CallRoom
+from panda.store.models.chat import (
+    REPORT_STATUSES,
+    ChatMessage,
+    ChatReport,
+    Conversation,
+    ConversationMember,
+)
 from panda.store.models.marketplace import (
     SESSION_LENGTHS,
     Answer,
@@ -35,12 +43,24 @@ from panda.store.models.marketplace import (
     TutorProfile,
     TutorSubject,
 )
+from panda.store.models.recordings import (
+    COMBINED_STATUSES,
+    RECORDING_STATUSES,
+    Recording,
+    RecordingFile,
+    RecordingSettings,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
     "BOOKING_STATUSES",
     "CLAIM_UNIT_MINUTES",
+    "COMBINED_STATUSES",
+    "PARTICIPANT_ROLES",
+    "RECORDING_STATUSES",
+    "REPORT_STATUSES",
     "ROLES",
+    "ROOM_STATUSES",
     "SESSION_LENGTHS",
     "TOKEN_PURPOSES",
     "TUTOR_STATUSES",
@@ -53,10 +73,19 @@ __all__ = [
     "Booking",
     "BookingClaim",
     "CalendarFeedToken",
+    "CallParticipant",
+    "CallRoom",
+    "ChatMessage",
+    "ChatReport",
+    "Conversation",
+    "ConversationMember",
     "Notification",
     "OneTimeToken",
     "Question",
     "RateCounter",
+    "Recording",
+    "RecordingFile",
+    "RecordingSettings",
     "Review",
     "SentMarker",
     "StudentQuota",
