@@ -764,7 +764,7 @@ def setup(app: web.Application) -> None:
     """Register the routes of this area."""
     app[keys.templates].filters["money"] = money
     app.setdefault(NAV_EXTRA_KEY, []).append(
-        {"href": "/tutors", "label": "Find a tutor", "role": ""}
+        {"href": "/tutors", "label": "Tutors", "role": ""}
     )
     app.router.add_get("/tutors", search_page, name="tutors")
     app.router.add_get("/tutors/{tutor_id}", profile_page, name="tutor_profile")
