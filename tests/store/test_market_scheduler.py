@@ -58,6 +58,7 @@ async def _kinds(client: TestClient, kind: str) -> int:
         )
 
 
+@pytest.mark.parametrize("settings", ["sqlite", "postgresql"], indirect=True)
 async def test_reminders_once_even_when_ticks_race(
     client: TestClient, make_user: UserFactory
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select, update
 
@@ -216,6 +217,7 @@ async def test_recommendations_prefer_bayesian_rating(
     assert data["quota"]["left"] == 8
 
 
+@pytest.mark.parametrize("settings", ["sqlite", "postgresql"], indirect=True)
 async def test_search_window_filter_and_approval_mirror(
     client: TestClient, make_user: UserFactory
 ) -> None:
