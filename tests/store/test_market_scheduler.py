@@ -187,3 +187,34 @@ async def test_background_scheduler_runs_in_the_server(
             break
         await asyncio.sleep(0.05)
     assert status == "expired"
+
+
+class _Node:
+    """One process's view of a shared key/value store (as two processes on one Redis)."""
+
+    def __init__(self, store: object, node_id: str) -> None:
+        self.node_id = node_id
+        self.store = store
+
+    async def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool:
+        return await self.store.set_if_absent(key, value, ttl=ttl)  # type: ignore[attr-defined]
+
+    async def get(self, key: str) -> str | None:
+        return await self.store.get(key)  # type: ignore[attr-defined]
+
+    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        await self.store.set(key, value, ttl=ttl)  # type: ignore[attr-defined]
+
+
+async def test_bus_lease_has_one_holder() -> None:
+    from panda.bus.memory import MemoryBus
+    from panda.market.scheduler import BusLease
+
+    store = MemoryBus(node_id="store")
+    first, second = BusLease(_Node(store, "a")), BusLease(_Node(store, "b"))
+    assert await first.acquire("scheduler", 30) is True
+    assert await first.acquire("scheduler", 30) is True  # the holder renews
+    assert await second.acquire("scheduler", 30) is False
+    await store.delete("lease:scheduler")  # the holder died and its key expired
+    assert await second.acquire("scheduler", 30) is True
+    assert await first.acquire("scheduler", 30) is False
