@@ -91,9 +91,8 @@ async def _sessions(request: web.Request) -> tuple[list[Booking], dict[int, User
 
 
 async def sessions_page(request: web.Request) -> web.StreamResponse:
-    """Every session, filterable by status; in-progress ones are live calls."""
+    """Every session, filterable by status, with who is in each call right now."""
     rows, users, status, page = await _sessions(request)
-    now = utcnow()
     return render(
         request,
         "admin_market/sessions.html",
@@ -103,15 +102,38 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
             "status": status,
             "statuses": BOOKING_STATUSES,
             "page": page,
-            "now": now,
+            "in_call": _in_call(request.app, rows),
         },
     )
+
+
+def _in_call(app: web.Application, rows: list[Booking]) -> dict[int, list[str]]:
+    """Who is in each session's call right now (rooms served by this process)."""
+    try:
+        from panda.web.call_ws import ROOMS, room_key
+    except ImportError:
+        return {}
+    rooms = app.get(ROOMS)
+    if rooms is None:
+        return {}
+    out: dict[int, list[str]] = {}
+    for b in rows:
+        room = rooms.get(room_key(b.id))
+        if room is not None and room.participants:
+            out[b.id] = sorted(p.name for p in room.participants.values())
+    return out
 
 
 async def sessions_api(request: web.Request) -> web.Response:
     """JSON twin."""
     rows, users, _status, page = await _sessions(request)
-    return web.json_response({"page": page, "items": [bk.booking_json(b, users) for b in rows]})
+    in_call = _in_call(request.app, rows)
+    items = []
+    for b in rows:
+        item = bk.booking_json(b, users)
+        item["in_call"] = in_call.get(b.id, [])
+        items.append(item)
+    return web.json_response({"page": page, "items": items})
 
 
 async def _reviews(request: web.Request) -> list[tuple[Review, str, str]]:
