@@ -394,6 +394,14 @@ async def conversation_has_report(db: AsyncSession, conversation_id: int) -> boo
     return found.first() is not None
 
 
+async def reported_message_ids(db: AsyncSession, conversation_id: int) -> set[int]:
+    """Ids of the messages of a conversation that someone reported."""
+    rows = await db.execute(
+        select(ChatReport.message_id).where(ChatReport.conversation_id == conversation_id)
+    )
+    return {int(r) for r in rows.scalars()}
+
+
 async def resolve_report(
     db: AsyncSession, report_id: int, admin_id: int, action: str
 ) -> ChatReport:

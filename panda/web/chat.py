@@ -346,6 +346,7 @@ async def admin_conversation(request: web.Request) -> web.StreamResponse:
         )
         await db.commit()
         rows = await store.messages_page(db, conversation_id, limit=500)
+        reported = await store.reported_message_ids(db, conversation_id)
     return render(
         request,
         "chat/admin_conversation.html",
@@ -353,6 +354,7 @@ async def admin_conversation(request: web.Request) -> web.StreamResponse:
             "conversation_id": conversation_id,
             "members": [u for u in users if u is not None],
             "messages": [(m, name) for m, name in rows],
+            "reported": reported,
             "linkify": linkify,
         },
     )

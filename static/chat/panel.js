@@ -59,7 +59,7 @@ export function appendLinkified(parent, text) {
 function formatTime(iso) {
   const when = new Date(iso);
   const now = new Date();
-  const opts = { hour: "2-digit", minute: "2-digit" };
+  const opts = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
   if (when.toDateString() === now.toDateString()) return when.toLocaleTimeString([], opts);
   return when.toLocaleString([], { day: "numeric", month: "short", ...opts });
 }
@@ -226,7 +226,9 @@ export function mountChat(root, options) {
     let lastMine = 0;
     for (const [seq, li] of bySeq) if (li.dataset.sender === String(userId) && seq > lastMine) lastMine = seq;
     const seen = lastMine > 0 && otherReadSeq >= lastMine && maxSeq() === lastMine;
+    const stick = nearBottom();
     seenMarker.hidden = !seen;
+    if (stick) scrollToBottom();
   }
 
   function maybeMarkRead() {

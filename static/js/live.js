@@ -132,10 +132,9 @@ class Live extends EventTarget {
 
   setUnreadTotal(total) {
     this.unreadTotal = total;
-    for (const el of document.querySelectorAll("[data-unread-total]")) {
-      el.textContent = String(total);
-      el.hidden = total === 0;
-    }
+    for (const el of document.querySelectorAll("[data-unread-total]")) el.textContent = String(total);
+    for (const el of document.querySelectorAll("[data-unread-some]")) el.hidden = total === 0;
+    for (const el of document.querySelectorAll("[data-unread-none]")) el.hidden = total !== 0;
     for (const link of document.querySelectorAll('header a[href="/messages"]')) {
       let badge = link.querySelector(".nav-unread");
       if (!badge) {
