@@ -157,3 +157,42 @@ async def test_two_people_chat_live(
     await _shot(admin, tmp_path, "admin-conversation-desktop")
     csp = [m for m in _console if "Content Security Policy" in m or "Refused" in m]
     assert csp == []
+
+
+async def test_chat_panel_mounts_in_another_page(
+    browser: Browser, live_server: LiveServer, tmp_path: Path
+) -> None:
+    db_url = f"sqlite+aiosqlite:///{live_server.data_dir / 'panda.sqlite3'}"
+    student_user, tutor_user = await create_users(
+        db_url, [("student", "pia.student@example.test"), ("tutor", "ted.tutor@example.test")]
+    )
+    student = await _logged_in(browser, live_server, student_user.email, DESKTOP)
+    tutor = await _logged_in(browser, live_server, tutor_user.email, DESKTOP)
+    await student.goto(live_server.url + "/messages")
+    conv = await _api_post(student, "/api/conversations", {"user_id": tutor_user.id})
+    await _api_post(student, f"/api/conversations/{conv['id']}/messages", {"text": "Ready?"})
+    # A page that is not the chat page (as the call page would be) mounts the panel.
+    await tutor.goto(live_server.url + "/messages")
+    await tutor.evaluate(
+        """async ([cid, uid]) => {
+            const box = document.createElement("div");
+            box.id = "panel";
+            document.querySelector("main").append(box);
+            const { mountChat } = await import("/static/chat/panel.js");
+            window.panel = mountChat(box, { conversationId: cid, userId: uid });
+        }""",
+        [conv["id"], tutor_user.id],
+    )
+    panel = tutor.locator("#panel")
+    await expect(panel.locator("li[data-seq]")).to_have_count(1)
+    await expect(panel.locator("li[data-seq]").first).to_contain_text("Ready?")
+    await panel.get_by_role("textbox", name="Message").fill("Yes, joining now")
+    await panel.get_by_role("textbox", name="Message").press("Enter")
+    await expect(panel.locator("li.mine[data-seq]")).to_contain_text("Yes, joining now")
+    await student.goto(f"{live_server.url}/messages/{conv['id']}")
+    await expect(student.locator("[data-chat-messages] li.theirs").last).to_contain_text(
+        "Yes, joining now"
+    )
+    await _api_post(student, f"/api/conversations/{conv['id']}/messages", {"text": "Great"})
+    await expect(panel.locator("li[data-seq]")).to_have_count(3)
+    assert await tutor.evaluate("window.panel.seqs()") == [1, 2, 3]
