@@ -57,6 +57,56 @@ async def publish_to_admins(app: web.Application, event: dict[str, Any]) -> bool
     return await app[BUS].publish(ADMIN_CHANNEL, event)
 
 
+async def sessions_in_progress(app: web.Application) -> dict[str, Any]:
+    """The admins' `sessions` event: bookings in progress or scheduled for right now."""
+    from sqlalchemy.orm import aliased
+
+    from panda.store.models import Booking
+    from panda.store.types import utcnow
+
+    student = aliased(User)
+    tutor = aliased(User)
+    now = utcnow()
+    async with app[keys.sessionmaker]() as db:
+        rows = await db.execute(
+            select(Booking, student.name, tutor.name)
+            .join(student, student.id == Booking.student_id)
+            .join(tutor, tutor.id == Booking.tutor_id)
+            .where(
+                (Booking.status == "in_progress")
+                | (
+                    (Booking.status == "scheduled")
+                    & (Booking.start_at <= now)
+                    & (Booking.end_at > now)
+                )
+            )
+            .order_by(Booking.start_at)
+        )
+        sessions = [
+            {
+                "id": booking.id,
+                "subject": booking.subject,
+                "status": booking.status,
+                "student": student_name,
+                "tutor": tutor_name,
+                "start_at": booking.start_at.isoformat(),
+                "end_at": booking.end_at.isoformat(),
+            }
+            for booking, student_name, tutor_name in rows.all()
+        ]
+    return {"type": "sessions", "sessions": sessions}
+
+
+async def publish_sessions_changed(app: web.Application) -> bool:
+    """Recompute the sessions in progress and push them to every admin tab (call it when a
+    session starts or ends)."""
+    return await publish_to_admins(app, await sessions_in_progress(app))
+
+
+async def _admin_sessions_snapshot(app: web.Application, user: User) -> list[dict[str, Any]]:
+    return [await sessions_in_progress(app)] if user.is_admin else []
+
+
 def presence_key(user_id: int) -> str:
     """Bus presence set of a user's live connections."""
     return f"presence:user:{user_id}"
@@ -350,6 +400,6 @@ def setup(app: web.Application) -> None:
     """Register /ws/live and make sure the bus exists."""
     setup_bus(app)
     app[CONNECTIONS] = set()
-    app.setdefault(LIVE_SNAPSHOTS, [])
+    app.setdefault(LIVE_SNAPSHOTS, []).append(_admin_sessions_snapshot)
     app.on_shutdown.append(_close_all)
     app.router.add_get("/ws/live", live_ws, name="live_ws")

@@ -255,26 +255,64 @@ async def test_login_and_origin_are_required(
     await ok.close()
 
 
-async def test_other_areas_can_push_events(aiohttp_client: Any, settings: Any, make_user) -> None:
+async def test_other_areas_can_push_events(aiohttp_client: Any, settings: Any) -> None:
+    from datetime import timedelta
+
     from panda.app import create_app
+    from panda.store.models import Booking
+    from panda.store.types import utcnow
     from panda.store.users import create_user
+    from panda.web.live import publish_sessions_changed
     from tests.helpers import DEFAULT_PASSWORD
 
     app = create_app(settings)
+    extra: list[dict[str, Any]] = []
 
-    async def sessions_snapshot(app_: Any, user: Any) -> list[dict[str, Any]]:
-        return [{"type": "sessions", "sessions": []}] if user.is_admin else []
+    async def provider(app_: Any, user: Any) -> list[dict[str, Any]]:
+        return [{"type": "notification", "text": "Welcome back"}] if user.is_admin else extra
 
-    app[LIVE_SNAPSHOTS].append(sessions_snapshot)
+    app[LIVE_SNAPSHOTS].append(provider)
     c = await aiohttp_client(app)
     async with app[keys.sessionmaker]() as db:
         admin = await create_user(
             db, email="a@x.test", name="A", password=DEFAULT_PASSWORD, role="admin", verified=True
         )
+        student = await create_user(
+            db, email="s@x.test", name="Sam", password=None, role="student", verified=True
+        )
+        tutor = await create_user(
+            db,
+            email="t@x.test",
+            name="Tia",
+            password=None,
+            role="tutor",
+            verified=True,
+            tutor_status="approved",
+        )
         await db.commit()
     await login_api(c, admin.email)
     ws = await c.ws_connect("/ws/live")
+    # Admins get the sessions in progress when they connect, then whatever others publish.
     assert (await next_event(ws, is_type("sessions")))["sessions"] == []
+    assert (await next_event(ws, is_type("notification")))["text"] == "Welcome back"
+    async with app[keys.sessionmaker]() as db:
+        now = utcnow()
+        db.add(
+            Booking(
+                student_id=student.id,
+                tutor_id=tutor.id,
+                start_at=now - timedelta(minutes=5),
+                end_at=now + timedelta(minutes=55),
+                subject="Algebra",
+                status="in_progress",
+            )
+        )
+        await db.commit()
+    await publish_sessions_changed(app)
+    sessions = (await next_event(ws, is_type("sessions")))["sessions"]
+    assert [(s["subject"], s["student"], s["tutor"], s["status"]) for s in sessions] == [
+        ("Algebra", "Sam", "Tia", "in_progress")
+    ]
     await publish_to_user(app, admin.id, {"type": "notification", "text": "Booking confirmed"})
     assert (await next_event(ws, is_type("notification")))["text"] == "Booking confirmed"
     await publish_to_admins(app, {"type": "sessions", "sessions": [{"id": 4}]})
