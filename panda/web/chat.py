@@ -324,6 +324,7 @@ async def admin_resolve(request: web.Request) -> web.StreamResponse:
         report = await store.resolve_report(db, report_id, admin.id, form.get("action", ""))
     if report.status == "actioned":
         await chat.forget_cache(request.app, report.conversation_id)
+        await chat.announce_hidden(request.app, report.message_id)
         flash(request, "The message is hidden and the report closed.", "success")
     else:
         flash(request, "The report was dismissed.", "success")

@@ -6,10 +6,11 @@ Events (server → client): `hello`, `message` (chat; exactly once and in order 
 Client → server: `watch` {conversation_id, after_seq} (resume a conversation from the last seq
 the page has), `read` {conversation_id, seq}, `ping`.
 
-Delivery rule per conversation: the connection remembers the last seq it delivered; a bus event
-that skips ahead is preceded by the missing messages read from the database, an event at or
+Delivery rule per watched conversation: the connection remembers the last seq it delivered; a bus
+event that skips ahead is preceded by the missing messages read from the database, an event at or
 below it is dropped. After the bus reconnects (Redis restarted) every watched conversation is
-re-read from the database. So a page never loses or duplicates a message.
+re-read from the database. So a page never loses or duplicates a message. Messages of
+conversations the tab does not watch are passed on as they come (for unread badges).
 """
 
 from __future__ import annotations
@@ -260,9 +261,13 @@ class LiveConnection:
         conversation_id = int(event["conversation_id"])
         seq = int(event["message"]["seq"])
         cursor = self.cursors.get(conversation_id)
-        if cursor is not None and seq <= cursor:
+        if cursor is None:
+            # Not watched by this tab (e.g. the conversation list): a notification only.
+            await self.send(event)
+            return
+        if seq <= cursor:
             return  # already delivered (from the database or an earlier event)
-        if cursor is not None and seq > cursor + 1:
+        if seq > cursor + 1:
             # Events can overtake each other between processes: deliver in stored order.
             await self._fill(conversation_id)
             if seq <= self.cursors[conversation_id]:
@@ -299,9 +304,10 @@ class LiveConnection:
                 raise _ClientError("after_seq must be a whole number.")
             async with self.app[keys.sessionmaker]() as db:
                 conversation, _ = await store.conversation_for(db, conversation_id, self.user.id)
-            known = self.cursors.get(conversation_id)
             start = conversation.last_seq if after is None else after
-            self.cursors[conversation_id] = max(start, known or 0)
+            known = self.cursors.get(conversation_id)
+            # Watching again on the same connection never goes back (nothing is sent twice).
+            self.cursors[conversation_id] = start if known is None else max(start, known)
             await self._fill(conversation_id)
             await self.send(
                 {

@@ -384,6 +384,15 @@ export function mountChat(root, options) {
     }),
   );
   stops.push(
+    live.on("message_update", (ev) => {
+      const li = bySeq.get(ev.message.seq);
+      if (ev.conversation_id !== conversationId || !li) return;
+      const fresh = renderMessage({ ...ev.message, sender_id: Number(li.dataset.sender) });
+      li.replaceWith(fresh);
+      bySeq.set(ev.message.seq, fresh);
+    }),
+  );
+  stops.push(
     live.on("read", (ev) => {
       if (ev.conversation_id === conversationId && ev.user_id !== userId) {
         otherReadSeq = Math.max(otherReadSeq, ev.seq);

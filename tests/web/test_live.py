@@ -318,3 +318,42 @@ async def test_other_areas_can_push_events(aiohttp_client: Any, settings: Any) -
     await publish_to_admins(app, {"type": "sessions", "sessions": [{"id": 4}]})
     assert (await next_event(ws, is_type("sessions")))["sessions"] == [{"id": 4}]
     await ws.close()
+
+
+async def test_watch_starts_exactly_where_the_page_is(pair: dict[str, Any]) -> None:
+    ws = await pair["t"].ws_connect("/ws/live")
+    await next_event(ws, is_type("hello"))
+    # Not watched yet: messages come as notifications (the page may not have them).
+    await post_json(pair["s"], pair["s_token"], pair["path"], {"text": "one"})
+    await post_json(pair["s"], pair["s_token"], pair["path"], {"text": "two"})
+    assert (await next_event(ws, is_type("message")))["message"]["seq"] == 1
+    assert (await next_event(ws, is_type("message")))["message"]["seq"] == 2
+    # The page loaded history up to seq 1 only: watching from 1 sends 2 again, then 3 once.
+    await ws.send_json({"type": "watch", "conversation_id": pair["conv"], "after_seq": 1})
+    await post_json(pair["s"], pair["s_token"], pair["path"], {"text": "three"})
+    assert await messages_until(ws, 3) == [2, 3]
+    await ws.close()
+
+
+async def test_hidden_message_is_updated_live(
+    pair: dict[str, Any], aiohttp_client: Any, client: TestClient, make_user: Any
+) -> None:
+    import re
+
+    ws = await pair["s"].ws_connect("/ws/live")
+    await next_event(ws, is_type("hello"))
+    resp = await post_json(pair["t"], pair["t_token"], pair["path"], {"text": "rude words"})
+    message_id = (await resp.json())["message"]["id"]
+    await post_json(pair["s"], pair["s_token"], f"/api/messages/{message_id}/report", {})
+    admin = await make_user("admin")
+    admin_client = await aiohttp_client(client.server)
+    token = await login_api(admin_client, admin.email)
+    html = await (await admin_client.get("/admin/chat/reports")).text()
+    report_id = re.search(r'data-report-id="(\d+)"', html).group(1)  # type: ignore[union-attr]
+    await admin_client.post(
+        f"/admin/chat/reports/{report_id}", data={"action": "hide", "csrf_token": token}
+    )
+    update = await next_event(ws, is_type("message_update"))
+    assert update["message"]["id"] == message_id
+    assert update["message"]["hidden"] is True and update["message"]["text"] == ""
+    await ws.close()
