@@ -40,6 +40,7 @@ PRESENCE_TTL = 60.0
 PRESENCE_REFRESH = 20.0
 FILL_PAGE = 200
 MAX_CLIENT_MESSAGE = 4096
+CLIENT_MESSAGES_PER_SECOND = 20
 
 SnapshotProvider = Callable[[web.Application, User], Awaitable[list[dict[str, Any]]]]
 # Other areas append providers here to send their current state when a tab connects
@@ -189,9 +190,19 @@ class LiveConnection:
 
     # -- sources ---------------------------------------------------------------------------------
     async def _read_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        window_start, count = loop.time(), 0
         try:
             async for msg in self.ws:
                 if msg.type != WSMsgType.TEXT:
+                    continue
+                now = loop.time()
+                if now - window_start >= 1.0:
+                    window_start, count = now, 0
+                count += 1
+                if count > CLIENT_MESSAGES_PER_SECOND:
+                    if count == CLIENT_MESSAGES_PER_SECOND + 1:
+                        await self.inbox.put(("error", {"error": "Slow down.", "status": 429}))
                     continue
                 if len(msg.data) > MAX_CLIENT_MESSAGE:
                     await self.inbox.put(("error", {"error": "Message too large."}))

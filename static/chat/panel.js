@@ -231,8 +231,18 @@ export function mountChat(root, options) {
     if (stick) scrollToBottom();
   }
 
+  let readTimer = null;
+  // Debounced: a burst of messages (catching up after a reconnect) sends one receipt.
   function maybeMarkRead() {
-    if (document.visibilityState !== "visible" || !nearBottom()) return;
+    if (readTimer) return;
+    readTimer = setTimeout(() => {
+      readTimer = null;
+      markRead();
+    }, 250);
+  }
+
+  function markRead() {
+    if (destroyed || document.visibilityState !== "visible" || !nearBottom()) return;
     const top = maxSeq();
     if (top <= lastReadSent) return;
     lastReadSent = top;

@@ -227,6 +227,16 @@ async def test_bad_client_input_gets_errors_not_a_crash(pair: dict[str, Any]) ->
     await ws.close()
 
 
+async def test_client_flood_is_throttled(pair: dict[str, Any]) -> None:
+    ws = await pair["s"].ws_connect("/ws/live")
+    await next_event(ws, is_type("hello"))
+    for _ in range(100):
+        await ws.send_json({"type": "ping"})
+    error = await next_event(ws, is_type("error"))
+    assert error["status"] == 429
+    await ws.close()
+
+
 async def test_foreign_conversation_cannot_be_watched(
     pair: dict[str, Any], aiohttp_client: Any, client: TestClient, make_user: Any
 ) -> None:
