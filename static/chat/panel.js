@@ -215,7 +215,8 @@ export function mountChat(root, options) {
     bySeq.set(m.seq, li);
     const empty = root.querySelector("[data-empty]");
     if (empty) empty.remove();
-    live.advance(conversationId, maxSeq());
+    // (live.js keeps its own resume point from what the websocket delivered, which has no
+    // gaps; a message we got over HTTP must not move it past one we have not seen yet.)
     updateSeen();
     if (stick || m.sender_id === userId) scrollToBottom();
     maybeMarkRead();

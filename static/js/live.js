@@ -124,7 +124,7 @@ class Live extends EventTarget {
     this.sendWatch(conversationId, seq ?? null);
   }
 
-  /** The page now has everything up to `seq` (e.g. it loaded it over HTTP). */
+  /** The page has every message up to `seq`, without gaps (e.g. it loaded them over HTTP). */
   advance(conversationId, seq) {
     const current = this.watches.get(conversationId);
     if (current === undefined) return;
