@@ -213,7 +213,7 @@ class RecorderSink:
             except Exception:
                 log.exception("keyframe request failed")
 
-    def on_frame(self, packet: av.Packet, *, keyframe: bool, arrival: float) -> None:
+    def on_frame(self, packet: av.Packet[Any], *, keyframe: bool, arrival: float) -> None:
         """Take one encoded frame (event loop thread; never blocks)."""
         if self._ended or not self._recorder.accepting:
             return
