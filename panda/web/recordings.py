@@ -416,6 +416,16 @@ async def delete_submit(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/admin/recordings")
 
 
+def call_recording_context(app: web.Application, tutor_id: int, booking_id: int,
+                           user: User) -> dict[str, Any]:
+    """What the call page's record slot needs (include recordings/_call_record_control.html)."""
+    service = app.get(RECORDINGS)
+    return {
+        "recording_active": bool(service and service.is_recording(booking_id)),
+        "can_record": bool(user.is_admin or user.id == tutor_id),
+    }
+
+
 # ----- API ------------------------------------------------------------------------------------
 
 
