@@ -7,10 +7,13 @@ import asyncio
 import getpass
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
 from panda.config import ConfigError, Settings
+
+EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 def _settings() -> Settings:
@@ -19,6 +22,24 @@ def _settings() -> Settings:
     except ConfigError as exc:
         print(f"panda: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"panda: {message}", file=sys.stderr)
+    return code
+
+
+def _migrate(database_url: str, revision: str = "head") -> None:
+    """Apply migrations; a database that cannot be reached is a clear error, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from panda.store.migrate import upgrade
+
+    try:
+        upgrade(database_url, revision)
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise SystemExit(_fail(f"cannot migrate the database: {reason}")) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -45,29 +66,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
         pass
     if not args.no_migrate:
-        from panda.store.migrate import upgrade
-
-        upgrade(settings.database_url)
+        _migrate(settings.database_url)
     print(f"Panda Professor is serving on http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10,
-        handler_cancellation=True,
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            shutdown_timeout=10,
+            handler_cancellation=True,
+        )
+    except OSError as exc:
+        return _fail(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}")
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply every database migration (Alembic upgrade head)."""
-    from panda.store.migrate import upgrade
-
     settings = _settings()
-    upgrade(settings.database_url, args.revision)
+    _migrate(settings.database_url, args.revision)
     print("Database is up to date.")
     return 0
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        print("panda: no terminal to ask for a password; use --password-stdin", file=sys.stderr)
+        return None
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != password:
+        print("panda: the passwords differ", file=sys.stderr)
+        return None
+    return password
 
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
@@ -75,47 +108,62 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     from panda.passwords import password_problem
 
     settings = _settings()
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Repeat password: ") != password:
-            print("panda: the passwords differ", file=sys.stderr)
-            return 1
-    problem = password_problem(password, email=args.email, name=args.name)
-    if problem:
-        print(f"panda: {problem}", file=sys.stderr)
+    email = args.email.strip()
+    name = args.name.strip()
+    if not EMAIL_RE.fullmatch(email) or len(email) > 254:
+        return _fail(f"{args.email!r} is not an e-mail address")
+    if not name or len(name) > 120:
+        return _fail("--name must be 1 to 120 characters")
+    password = _read_password(args)
+    if password is None:
         return 1
+    problem = password_problem(password, email=email, name=name)
+    if problem:
+        return _fail(problem)
+    from sqlalchemy.exc import SQLAlchemyError
+
     from panda.demo import create_admin
 
     try:
-        asyncio.run(create_admin(settings, args.email, args.name, password))
+        asyncio.run(create_admin(settings, email, name, password))
     except ValueError as exc:
-        print(f"panda: {exc}", file=sys.stderr)
-        return 1
-    print(f"Administrator {args.email} created.")
+        return _fail(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        return _fail(f"cannot reach the database: {exc}")
+    print(f"Administrator {email.lower()} created.")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Create demo accounts (and a session booked now) and print their logins."""
-    from panda.demo import run_demo
+    from panda.demo import DemoUnavailable, run_demo
 
     settings = _settings()
     if settings.production:
-        print("panda: demo content is refused when PANDA_ENV=production", file=sys.stderr)
-        return 2
-    result = asyncio.run(run_demo(settings, if_empty=args.if_empty, tutors=args.tutors))
+        if args.if_empty:
+            print("No demo content: PANDA_ENV=production.")
+            return 0
+        return _fail("demo content is refused when PANDA_ENV=production", 2)
+    if args.tutors < 0:
+        return _fail("--tutors must be 0 or more", 2)
+    try:
+        result = asyncio.run(run_demo(settings, if_empty=args.if_empty, tutors=args.tutors))
+    except DemoUnavailable as exc:
+        return _fail(str(exc))
     if result is None:
+        if args.json:
+            print(json.dumps({}))
+        else:
+            print("No demo content: the database already has accounts.")
         return 0
     if args.json:
         print(json.dumps(result))
-    else:
-        print("Demo accounts (password after the e-mail address):")
-        for role in ("admin", "tutor", "student"):
-            print(f"  {role:8} {result[role]['email']}  {result[role]['password']}")
-        if "call_url" in result:
-            print(f"  session {result['session_id']}: {result['call_url']}")
+        return 0
+    print(f"Demo accounts (log in at {settings.base_url}/login):")
+    for role in ("admin", "tutor", "student"):
+        print(f"  {role:8} {result[role]['email']:26} password: {result[role]['password']}")
+    if "call_url" in result:
+        print(f"  A session between the tutor and the student starts now: {result['call_url']}")
     return 0
 
 
@@ -151,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `panda` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -80,14 +82,71 @@ def _secret_key(env: Mapping[str, str], data_dir: Path, production: bool) -> str
         raise ConfigError("PANDA_SECRET_KEY is required when PANDA_ENV=production")
     # Development: one random key kept in the data directory, readable by the owner only.
     path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Made by an earlier start (or by another worker process starting at the same moment).
+        return _read_secret_file(path)
+    except OSError as exc:
+        raise ConfigError(f"PANDA_DATA_DIR: cannot create {path}: {exc.strerror}") from None
     key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
     return key
+
+
+def _read_secret_file(path: Path) -> str:
+    for _ in range(50):
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"PANDA_DATA_DIR: cannot read {path}: {exc.strerror}") from None
+        if len(key) >= 32:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)  # a copied data directory may have loosened it
+            return key
+        # Another process may have created the file an instant ago and not written it yet.
+        time.sleep(0.01)
+    raise ConfigError(
+        f"PANDA_DATA_DIR: {path} holds no usable secret key; delete it to generate a new one "
+        "or set PANDA_SECRET_KEY"
+    )
+
+
+def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
+    raw = env.get("PANDA_DATABASE_URL", "").strip()
+    if not raw:
+        return f"sqlite+aiosqlite:///{data_dir / 'panda.sqlite3'}"
+    scheme, sep, rest = raw.partition("://")
+    if not sep or not rest:
+        raise ConfigError(f"PANDA_DATABASE_URL must be a database URL, not {raw!r}")
+    # Accept the usual spellings and use the async drivers we ship.
+    drivers = {
+        "postgres": "postgresql+asyncpg",
+        "postgresql": "postgresql+asyncpg",
+        "postgresql+asyncpg": "postgresql+asyncpg",
+        "sqlite": "sqlite+aiosqlite",
+        "sqlite+aiosqlite": "sqlite+aiosqlite",
+    }
+    driver = drivers.get(scheme.lower())
+    if driver is None:
+        raise ConfigError(
+            "PANDA_DATABASE_URL must start with postgresql:// (or postgresql+asyncpg://) or "
+            f"sqlite:// (or sqlite+aiosqlite://), not {scheme}://"
+        )
+    return f"{driver}://{rest}"
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("PANDA_REDIS_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"PANDA_REDIS_URL must start with redis://, rediss:// or unix://, not {raw!r}"
+        )
+    return raw
 
 
 @dataclass(frozen=True)
@@ -96,7 +155,7 @@ class Settings:
 
     data_dir: Path
     database_url: str
-    secret_key: str
+    secret_key: str = field(repr=False)
     base_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -106,7 +165,7 @@ class Settings:
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_user: str | None = None
-    smtp_password: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
     smtp_starttls: bool = True
     mail_from: str = "Panda Professor <no-reply@localhost>"
     mail_outbox: Path | None = None
@@ -157,14 +216,10 @@ class Settings:
         if app_env not in {"development", "production"}:
             raise ConfigError(f"PANDA_ENV must be development or production, not {app_env!r}")
         production = app_env == "production"
-        data_dir = Path(env.get("PANDA_DATA_DIR", "").strip() or "var").resolve()
-        database_url = env.get("PANDA_DATABASE_URL", "").strip() or (
-            f"sqlite+aiosqlite:///{data_dir / 'panda.sqlite3'}"
-        )
-        if not database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ConfigError(
-                "PANDA_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
-            )
+        data_dir = Path(env.get("PANDA_DATA_DIR", "").strip() or "var").expanduser().resolve()
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ConfigError(f"PANDA_DATA_DIR must be a directory; {data_dir} is a file")
+        database_url = _database_url(env, data_dir)
         host = env.get("PANDA_HOST", "").strip() or "127.0.0.1"
         port = _int(env, "PANDA_PORT", 8080, 1, 65535)
         assert port is not None
@@ -176,32 +231,48 @@ class Settings:
         relay_path = env.get("PANDA_RELAY_PATH", "").strip() or "frame"
         if relay_path not in {"frame", "packet"}:
             raise ConfigError(f"PANDA_RELAY_PATH must be frame or packet, not {relay_path!r}")
-        data_dir_exists = data_dir.exists()
-        if not data_dir_exists:
-            data_dir.mkdir(parents=True, exist_ok=True)
+        public_ip = env.get("PANDA_ICE_PUBLIC_IP", "").strip() or None
+        if public_ip is not None:
+            try:
+                ipaddress.ip_address(public_ip)
+            except ValueError:
+                raise ConfigError(
+                    f"PANDA_ICE_PUBLIC_IP must be an IP address, not {public_ip!r}"
+                ) from None
+        # Everything is validated before anything is written to disk.
+        values: dict[str, Any] = {
+            "base_url": base_url,
+            "host": host,
+            "port": port,
+            "env": app_env,
+            "debug": _bool(env, "PANDA_DEBUG", False),
+            "redis_url": _redis_url(env),
+            "smtp_host": env.get("PANDA_SMTP_HOST", "").strip() or None,
+            "smtp_port": _int(env, "PANDA_SMTP_PORT", 587, 1, 65535) or 587,
+            "smtp_user": env.get("PANDA_SMTP_USER", "").strip() or None,
+            "smtp_password": env.get("PANDA_SMTP_PASSWORD") or None,
+            "smtp_starttls": _bool(env, "PANDA_SMTP_STARTTLS", True),
+            "mail_from": env.get("PANDA_MAIL_FROM", "").strip()
+            or "Panda Professor <no-reply@localhost>",
+            "mail_outbox": Path(outbox).expanduser().resolve() if outbox else None,
+            "ice_loopback": _bool(env, "PANDA_ICE_LOOPBACK", False),
+            "ice_servers": _ice_servers(env, "PANDA_ICE_SERVERS"),
+            "ice_tcp_port": _int(env, "PANDA_ICE_TCP_PORT", None, 1, 65535),
+            "ice_public_ip": public_ip,
+            "ice_udp_ports": _port_range(env, "PANDA_ICE_UDP_PORTS"),
+            "relay_path": relay_path,
+            "workers": _int(env, "PANDA_WORKERS", 1, 1, 64) or 1,
+        }
+        if production and not env.get("PANDA_SECRET_KEY", "").strip():
+            raise ConfigError("PANDA_SECRET_KEY is required when PANDA_ENV=production")
+        try:
+            # Private when we create it: it holds the database, the secret and recordings.
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"PANDA_DATA_DIR: cannot create {data_dir}: {exc.strerror}") from None
         return cls(
             data_dir=data_dir,
             database_url=database_url,
             secret_key=_secret_key(env, data_dir, production),
-            base_url=base_url,
-            host=host,
-            port=port,
-            env=app_env,
-            debug=_bool(env, "PANDA_DEBUG", False),
-            redis_url=env.get("PANDA_REDIS_URL", "").strip() or None,
-            smtp_host=env.get("PANDA_SMTP_HOST", "").strip() or None,
-            smtp_port=_int(env, "PANDA_SMTP_PORT", 587, 1, 65535) or 587,
-            smtp_user=env.get("PANDA_SMTP_USER", "").strip() or None,
-            smtp_password=env.get("PANDA_SMTP_PASSWORD") or None,
-            smtp_starttls=_bool(env, "PANDA_SMTP_STARTTLS", True),
-            mail_from=env.get("PANDA_MAIL_FROM", "").strip()
-            or "Panda Professor <no-reply@localhost>",
-            mail_outbox=Path(outbox).resolve() if outbox else None,
-            ice_loopback=_bool(env, "PANDA_ICE_LOOPBACK", False),
-            ice_servers=_ice_servers(env, "PANDA_ICE_SERVERS"),
-            ice_tcp_port=_int(env, "PANDA_ICE_TCP_PORT", None, 1, 65535),
-            ice_public_ip=env.get("PANDA_ICE_PUBLIC_IP", "").strip() or None,
-            ice_udp_ports=_port_range(env, "PANDA_ICE_UDP_PORTS"),
-            relay_path=relay_path,
-            workers=_int(env, "PANDA_WORKERS", 1, 1, 64) or 1,
+            **values,
         )

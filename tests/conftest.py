@@ -1,4 +1,9 @@
-"""Fixtures for every test: settings on a private data directory, the app, a client, users."""
+"""Fixtures for every test: settings on a private data directory, the app, a client, users.
+
+Real PostgreSQL and Redis (`postgres_url`, `fresh_postgres_url`, `redis_url`,
+`redis_server_factory`, the SQLite/PostgreSQL-parametrised `database_url`) come from
+tests/services.py, loaded here as a plugin.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from panda import keys
 from panda.app import create_app
 from panda.config import Settings
-from panda.store.migrate import upgrade
 from panda.store.models import User
 from panda.store.users import create_user
 from tests.helpers import DEFAULT_PASSWORD, free_port
@@ -28,23 +32,26 @@ from tests.helpers import DEFAULT_PASSWORD, free_port
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
-
-@pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file migrated once per run; each test gets a copy."""
-    path = tmp_path_factory.mktemp("template") / "panda.sqlite3"
-    upgrade(f"sqlite+aiosqlite:///{path}")
-    return path
+pytest_plugins = ["tests.services"]
 
 
 @pytest.fixture
-def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
-    """Settings on a private data directory with a freshly migrated SQLite database."""
-    db_path = tmp_path / "panda.sqlite3"
-    shutil.copy(migrated_sqlite, db_path)
+def settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Path) -> Settings:
+    """Settings on a private data directory with a freshly migrated database: SQLite, or
+    PostgreSQL for tests marked `@pytest.mark.parametrize("settings", ["sqlite", "postgresql"],
+    indirect=True)` (a fresh database each)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        database_url = request.getfixturevalue("fresh_postgres_url")
+    elif backend == "sqlite":
+        db_path = tmp_path / "panda.sqlite3"
+        shutil.copy(migrated_sqlite, db_path)
+        database_url = f"sqlite+aiosqlite:///{db_path}"
+    else:
+        raise ValueError(f"unknown settings backend {backend!r}")
     return Settings(
         data_dir=tmp_path,
-        database_url=f"sqlite+aiosqlite:///{db_path}",
+        database_url=database_url,
         secret_key=TEST_SECRET,
         base_url="http://127.0.0.1:8080",
         ice_loopback=True,
@@ -103,8 +110,10 @@ class LiveServer:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The developer's own PANDA_* settings must never reach a test server (their database!).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PANDA_")}
         self.env = {
-            **os.environ,
+            **inherited,
             "PANDA_DATA_DIR": str(data_dir),
             "PANDA_PORT": str(self.port),
             "PANDA_HOST": "127.0.0.1",

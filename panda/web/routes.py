@@ -4,11 +4,42 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, home, openapi, recordings
+from panda.web import (
+    accounts,
+    admin,
+    api_auth,
+    bookings,
+    calendar,
+    calls,
+    chat,
+    home,
+    live,
+    market_dashboard,
+    notifications,
+    openapi,
+    profile,
+    recordings,
+    tutors,
+)
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, recordings]
+AREAS = [
+    home,
+    accounts,
+    profile,
+    admin,
+    api_auth,
+    tutors,
+    bookings,
+    calendar,
+    notifications,
+    market_dashboard,
+    calls,
+    chat,
+    live,
+    recordings,
+]
 
 
 def setup_routes(app: web.Application) -> None:

@@ -1,0 +1,355 @@
+"""`/ws/live`: one websocket per browser tab carrying JSON events for the logged-in user.
+
+Events (server → client): `hello`, `message` (chat; exactly once and in order per conversation),
+`read` (receipts), `unread`, `presence`, plus whatever other areas publish with
+`publish_to_user` / `publish_to_admins` (`notification`, `booking`, `sessions`, ...).
+Client → server: `watch` {conversation_id, after_seq} (resume a conversation from the last seq
+the page has), `read` {conversation_id, seq}, `ping`.
+
+Delivery rule per conversation: the connection remembers the last seq it delivered; a bus event
+that skips ahead is preceded by the missing messages read from the database, an event at or
+below it is dropped. After the bus reconnects (Redis restarted) every watched conversation is
+re-read from the database. So a page never loses or duplicates a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+from sqlalchemy import select
+
+from panda import chat, keys
+from panda.bus import BUS, RESYNC_TYPE, BusUnavailable, Subscription, setup_bus
+from panda.errors import PandaError
+from panda.store import chat as store
+from panda.store.models import ConversationMember, User
+
+log = logging.getLogger(__name__)
+
+ADMIN_CHANNEL = "admins"
+PRESENCE_TTL = 60.0
+PRESENCE_REFRESH = 20.0
+FILL_PAGE = 200
+MAX_CLIENT_MESSAGE = 4096
+
+SnapshotProvider = Callable[[web.Application, User], Awaitable[list[dict[str, Any]]]]
+# Other areas append providers here to send their current state when a tab connects
+# (e.g. the admin's list of sessions in progress).
+LIVE_SNAPSHOTS: web.AppKey[list[SnapshotProvider]] = web.AppKey("live_snapshots", list)
+CONNECTIONS: web.AppKey[set[LiveConnection]] = web.AppKey("live_connections", set)
+
+
+async def publish_to_user(app: web.Application, user_id: int, event: dict[str, Any]) -> bool:
+    """Push `event` (a JSON-able dict with a "type") to every open tab of `user_id`."""
+    return await app[BUS].publish(chat.user_channel(user_id), event)
+
+
+async def publish_to_admins(app: web.Application, event: dict[str, Any]) -> bool:
+    """Push `event` to every open tab of every admin (e.g. {"type": "sessions", ...})."""
+    return await app[BUS].publish(ADMIN_CHANNEL, event)
+
+
+def presence_key(user_id: int) -> str:
+    """Bus presence set of a user's live connections."""
+    return f"presence:user:{user_id}"
+
+
+async def partner_ids(app: web.Application, user_id: int) -> list[int]:
+    """Everyone `user_id` has a conversation with."""
+    mine = select(ConversationMember.conversation_id).where(ConversationMember.user_id == user_id)
+    async with app[keys.sessionmaker]() as db:
+        rows = await db.execute(
+            select(ConversationMember.user_id)
+            .where(
+                ConversationMember.conversation_id.in_(mine),
+                ConversationMember.user_id != user_id,
+            )
+            .distinct()
+        )
+        return [int(r) for r in rows.scalars()]
+
+
+class LiveConnection:
+    """One tab's websocket: a bus subscription, cursors per conversation, presence."""
+
+    def __init__(self, app: web.Application, user: User, ws: web.WebSocketResponse) -> None:
+        self.app = app
+        self.user = user
+        self.ws = ws
+        self.conn_id = f"{app[BUS].node_id}/{secrets.token_hex(8)}"
+        self.cursors: dict[int, int] = {}
+        self.inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.sub: Subscription | None = None
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """Send one event (dropped silently once the socket is closing)."""
+        if not self.ws.closed:
+            await self.ws.send_str(json.dumps(event))
+
+    async def run(self) -> None:
+        """Serve the connection until the client leaves or the server stops."""
+        bus = self.app[BUS]
+        channels = [chat.user_channel(self.user.id)]
+        if self.user.is_admin:
+            channels.append(ADMIN_CHANNEL)
+        # Subscribe before reading anything, so nothing published from here on is missed.
+        self.sub = await bus.subscribe(*channels)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._presence_join()
+            async with self.app[keys.sessionmaker]() as db:
+                total = await store.unread_total(db, self.user.id)
+            await self.send(
+                {
+                    "type": "hello",
+                    "user_id": self.user.id,
+                    "node": bus.node_id,
+                    "unread_total": total,
+                }
+            )
+            for provider in self.app.get(LIVE_SNAPSHOTS, []):
+                try:
+                    for event in await provider(self.app, self.user):
+                        await self.send(event)
+                except Exception:
+                    log.exception("live snapshot provider failed")
+            tasks = [
+                asyncio.create_task(self._read_client()),
+                asyncio.create_task(self._forward_bus()),
+                asyncio.create_task(self._refresh_presence()),
+            ]
+            await self._process()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.sub.close()
+            await asyncio.shield(self._presence_leave())
+
+    # -- sources ---------------------------------------------------------------------------------
+    async def _read_client(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                if len(msg.data) > MAX_CLIENT_MESSAGE:
+                    await self.inbox.put(("error", {"error": "Message too large."}))
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    await self.inbox.put(("error", {"error": "Send JSON objects."}))
+                    continue
+                if isinstance(data, dict):
+                    await self.inbox.put(("client", data))
+                else:
+                    await self.inbox.put(("error", {"error": "Send JSON objects."}))
+        finally:
+            await self.inbox.put(("closed", {}))
+
+    async def _forward_bus(self) -> None:
+        assert self.sub is not None
+        while True:
+            await self.inbox.put(("bus", await self.sub.get()))
+
+    async def _refresh_presence(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_REFRESH)
+            with contextlib.suppress(BusUnavailable):
+                await self.app[BUS].presence_add(
+                    presence_key(self.user.id), self.conn_id, PRESENCE_TTL
+                )
+
+    # -- the single consumer -------------------------------------------------------------------
+    async def _process(self) -> None:
+        while True:
+            source, data = await self.inbox.get()
+            if source == "closed":
+                return
+            try:
+                if source == "bus":
+                    await self._on_bus(data)
+                elif source == "client":
+                    await self._on_client(data)
+                else:
+                    await self.send({"type": "error", **data})
+            except ConnectionResetError:
+                return
+            except PandaError as exc:
+                await self.send({"type": "error", "error": exc.message, "status": exc.status})
+
+    async def _on_bus(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == RESYNC_TYPE:
+            with contextlib.suppress(BusUnavailable):
+                await self.app[BUS].presence_add(
+                    presence_key(self.user.id), self.conn_id, PRESENCE_TTL
+                )
+            for conversation_id in list(self.cursors):
+                await self._fill(conversation_id)
+            async with self.app[keys.sessionmaker]() as db:
+                total = await store.unread_total(db, self.user.id)
+            await self.send({"type": "unread", "unread_total": total})
+            return
+        if kind == "message":
+            await self._on_message(event)
+            return
+        await self.send(event)
+
+    async def _on_message(self, event: dict[str, Any]) -> None:
+        conversation_id = int(event["conversation_id"])
+        seq = int(event["message"]["seq"])
+        cursor = self.cursors.get(conversation_id)
+        if cursor is not None and seq <= cursor:
+            return  # already delivered (from the database or an earlier event)
+        if cursor is not None and seq > cursor + 1:
+            # Events can overtake each other between processes: deliver in stored order.
+            await self._fill(conversation_id)
+            if seq <= self.cursors[conversation_id]:
+                return
+        await self.send(event)
+        self.cursors[conversation_id] = seq
+
+    async def _fill(self, conversation_id: int) -> None:
+        """Send every stored message after the cursor, oldest first."""
+        while True:
+            after = self.cursors.get(conversation_id, 0)
+            async with self.app[keys.sessionmaker]() as db:
+                rows = await store.messages_page(db, conversation_id, after=after, limit=FILL_PAGE)
+            for message, name in rows:
+                await self.send(
+                    {
+                        "type": "message",
+                        "conversation_id": conversation_id,
+                        "message": store.message_json(message, name),
+                    }
+                )
+                self.cursors[conversation_id] = message.seq
+            if len(rows) < FILL_PAGE:
+                return
+
+    async def _on_client(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind == "ping":
+            await self.send({"type": "pong"})
+        elif kind == "watch":
+            conversation_id = _int_field(data, "conversation_id")
+            after = data.get("after_seq")
+            if after is not None and (not isinstance(after, int) or after < 0):
+                raise _ClientError("after_seq must be a whole number.")
+            async with self.app[keys.sessionmaker]() as db:
+                conversation, _ = await store.conversation_for(db, conversation_id, self.user.id)
+            known = self.cursors.get(conversation_id)
+            start = conversation.last_seq if after is None else after
+            self.cursors[conversation_id] = max(start, known or 0)
+            await self._fill(conversation_id)
+            await self.send(
+                {
+                    "type": "watching",
+                    "conversation_id": conversation_id,
+                    "seq": self.cursors[conversation_id],
+                }
+            )
+        elif kind == "read":
+            conversation_id = _int_field(data, "conversation_id")
+            seq = _int_field(data, "seq")
+            await chat.mark_read(self.app, self.user, conversation_id, seq)
+        else:
+            raise _ClientError("Unknown message type.")
+
+    # -- presence --------------------------------------------------------------------------------
+    async def _presence_join(self) -> None:
+        try:
+            count = await self.app[BUS].presence_add(
+                presence_key(self.user.id), self.conn_id, PRESENCE_TTL
+            )
+        except BusUnavailable:
+            return
+        if count == 1:
+            await self._announce(online=True)
+
+    async def _presence_leave(self) -> None:
+        try:
+            count = await self.app[BUS].presence_remove(presence_key(self.user.id), self.conn_id)
+        except BusUnavailable:
+            return
+        if count == 0:
+            await self._announce(online=False)
+
+    async def _announce(self, online: bool) -> None:
+        event = {"type": "presence", "user_id": self.user.id, "online": online}
+        try:
+            partners = await partner_ids(self.app, self.user.id)
+        except Exception:
+            log.exception("presence: could not load partners")
+            return
+        await chat.publish_to_members(self.app[BUS], partners, event)
+
+
+class _ClientError(PandaError):
+    status = 400
+
+
+def _int_field(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _ClientError(f"{name} must be a whole number.")
+    return value
+
+
+def origin_allowed(request: web.Request) -> bool:
+    """Browsers send Origin on websocket upgrades: it must be our own site."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser (API client); the session cookie or token still applies
+    allowed = {request.app[keys.settings].base_url.rstrip("/")}
+    host = request.headers.get("Host")
+    if host:
+        allowed.add(f"{request.scheme}://{host}")
+    parts = urlsplit(origin)
+    return f"{parts.scheme}://{parts.netloc}" in allowed
+
+
+async def live_ws(request: web.Request) -> web.StreamResponse:
+    """Upgrade to the live-events websocket for the logged-in user."""
+    user = request.get(keys.user)
+    if user is None:
+        return web.json_response({"error": "Please log in."}, status=401)
+    if not origin_allowed(request):
+        return web.json_response({"error": "Cross-site websocket refused."}, status=403)
+    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    conn = LiveConnection(request.app, user, ws)
+    request.app[CONNECTIONS].add(conn)
+    try:
+        await conn.run()
+    finally:
+        request.app[CONNECTIONS].discard(conn)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _close_all(app: web.Application) -> None:
+    for conn in list(app[CONNECTIONS]):
+        with contextlib.suppress(Exception):
+            await conn.ws.close(code=1001, message=b"server shutdown")
+
+
+def setup(app: web.Application) -> None:
+    """Register /ws/live and make sure the bus exists."""
+    setup_bus(app)
+    app[CONNECTIONS] = set()
+    app.setdefault(LIVE_SNAPSHOTS, [])
+    app.on_shutdown.append(_close_all)
+    app.router.add_get("/ws/live", live_ws, name="live_ws")

@@ -1,0 +1,155 @@
+// One websocket per tab to /ws/live. Other scripts import { live } and listen:
+//   live.on("message", (event) => ...)   or   window.addEventListener("panda:live", ...)
+// It reconnects by itself and, for every watched conversation, resumes after the last message
+// seq it delivered, so the server fills the gap: nothing lost, nothing repeated.
+
+const MAX_BACKOFF_MS = 15000;
+
+class Live extends EventTarget {
+  constructor() {
+    super();
+    this.ws = null;
+    this.watches = new Map(); // conversation id -> last delivered seq (or null: from now)
+    this.backoff = 500;
+    this.started = false;
+    this.connected = false;
+    this.unreadTotal = null;
+    this.timer = null;
+  }
+
+  start() {
+    if (this.started) return;
+    this.started = true;
+    this.connect();
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && !this.connected) this.reconnectSoon(0);
+    });
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    let ws;
+    try {
+      ws = new WebSocket(`${scheme}//${location.host}/ws/live`);
+    } catch (err) {
+      this.reconnectSoon();
+      return;
+    }
+    this.ws = ws;
+    ws.addEventListener("open", () => {
+      this.connected = true;
+      this.backoff = 500;
+      for (const [id, seq] of this.watches) this.sendWatch(id, seq);
+      this.emit({ type: "connected" });
+    });
+    ws.addEventListener("message", (msg) => {
+      let event;
+      try {
+        event = JSON.parse(msg.data);
+      } catch (err) {
+        return;
+      }
+      if (!event || typeof event.type !== "string") return;
+      if (event.type === "message" && event.message) {
+        const id = event.conversation_id;
+        if (this.watches.has(id)) {
+          const seen = this.watches.get(id);
+          if (seen === null || event.message.seq > seen) this.watches.set(id, event.message.seq);
+        }
+      }
+      if (event.type === "watching" && this.watches.has(event.conversation_id)) {
+        const seen = this.watches.get(event.conversation_id);
+        if (seen === null || event.seq > seen) this.watches.set(event.conversation_id, event.seq);
+      }
+      if (typeof event.unread_total === "number") this.setUnreadTotal(event.unread_total);
+      this.emit(event);
+    });
+    ws.addEventListener("close", () => {
+      const was = this.connected;
+      this.connected = false;
+      if (this.ws === ws) this.ws = null;
+      if (was) this.emit({ type: "disconnected" });
+      this.reconnectSoon();
+    });
+    ws.addEventListener("error", () => {
+      /* a close event follows */
+    });
+  }
+
+  reconnectSoon(delay) {
+    if (this.timer) clearTimeout(this.timer);
+    const wait = delay ?? this.backoff * (0.75 + Math.random() / 2);
+    this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (!this.ws) this.connect();
+    }, wait);
+  }
+
+  emit(event) {
+    this.dispatchEvent(new CustomEvent(event.type, { detail: event }));
+    window.dispatchEvent(new CustomEvent("panda:live", { detail: event }));
+  }
+
+  /** Call fn(event) for every event of this type; returns a function that stops it. */
+  on(type, fn) {
+    const handler = (e) => fn(e.detail);
+    this.addEventListener(type, handler);
+    return () => this.removeEventListener(type, handler);
+  }
+
+  send(obj) {
+    if (this.ws && this.connected) {
+      this.ws.send(JSON.stringify(obj));
+      return true;
+    }
+    return false;
+  }
+
+  sendWatch(id, seq) {
+    this.send({ type: "watch", conversation_id: id, after_seq: seq });
+  }
+
+  /** Receive this conversation's messages after `afterSeq` (exactly once, in order). */
+  watch(conversationId, afterSeq) {
+    const current = this.watches.get(conversationId);
+    const seq = current != null && afterSeq != null ? Math.max(current, afterSeq) : afterSeq;
+    this.watches.set(conversationId, seq ?? null);
+    this.sendWatch(conversationId, seq ?? null);
+  }
+
+  /** The page now has everything up to `seq` (e.g. it loaded it over HTTP). */
+  advance(conversationId, seq) {
+    const current = this.watches.get(conversationId);
+    if (current === undefined) return;
+    if (current === null || seq > current) this.watches.set(conversationId, seq);
+  }
+
+  /** Drop the websocket (tests, or to simulate a network change); it reconnects by itself. */
+  drop() {
+    if (this.ws) this.ws.close();
+  }
+
+  setUnreadTotal(total) {
+    this.unreadTotal = total;
+    for (const el of document.querySelectorAll("[data-unread-total]")) {
+      el.textContent = String(total);
+      el.hidden = total === 0;
+    }
+    for (const link of document.querySelectorAll('header a[href="/messages"]')) {
+      let badge = link.querySelector(".nav-unread");
+      if (!badge) {
+        badge = document.createElement("span");
+        badge.className = "badge badge-success nav-unread";
+        link.append(" ", badge);
+      }
+      badge.textContent = String(total);
+      badge.hidden = total === 0;
+      badge.setAttribute("aria-label", `${total} unread`);
+    }
+  }
+}
+
+export const live = new Live();
+window.pandaLive = live;
+live.start();
