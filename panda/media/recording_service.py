@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 COMBINED_NAME = "combined.webm"
 PROGRESS_NAME = "combined-progress.json"
 RETENTION_INTERVAL = 3600.0
+ROOM_CHECK_INTERVAL = 2.0
 
 Listener = Callable[[int, dict[str, Any]], Awaitable[None]]
 RoomLookup = Callable[[int], Any]
@@ -94,7 +95,8 @@ class RecordingService:
 
     async def wait_background(self) -> None:
         """Wait until the background work started so far (stops, combined files) is done."""
-        while pending := [t for t in self._tasks if t.get_name() != "recording-retention"]:
+        loops = ("recording-retention", "recording-rooms")
+        while pending := [t for t in self._tasks if t.get_name() not in loops]:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _notify(self, booking_id: int, message: dict[str, Any]) -> None:
@@ -303,6 +305,27 @@ class RecordingService:
             await self.delete(recording, actor_id=None, reason="retention")
         return len(expired)
 
+    async def check_rooms(self) -> None:
+        """Stop recordings whose call is over (its media room closed or replaced)."""
+        for active in list(self._active.values()):
+            if active.stopping or self.room_lookup is None:
+                continue
+            try:
+                room = self.room_lookup(active.booking_id)
+            except Exception:
+                log.exception("room lookup failed")
+                continue
+            if room is not active.room:
+                await asyncio.shield(self._finish(active, None, "call ended"))
+
+    async def _watch_rooms(self) -> None:
+        while True:
+            await asyncio.sleep(ROOM_CHECK_INTERVAL)
+            try:
+                await self.check_rooms()
+            except Exception:
+                log.exception("checking recorded rooms failed")
+
     async def _retention_loop(self) -> None:
         while True:
             try:
@@ -337,5 +360,6 @@ async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     except Exception:
         log.exception("recording recovery failed")
     service._spawn(service._retention_loop(), "recording-retention")
+    service._spawn(service._watch_rooms(), "recording-rooms")
     yield
     await service.close()

@@ -325,6 +325,10 @@ class CallPage {
         return this.onRedirect(msg);
       case "error":
         return this.onError(msg);
+      case "recording":
+        // Handled by /static/recordings/call_record.js (button and indicator).
+        document.dispatchEvent(new CustomEvent("panda:recording", { detail: msg }));
+        return;
       default:
         return;
     }
