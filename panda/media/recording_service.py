@@ -167,6 +167,8 @@ class RecordingService:
             active.room.remove_sink_factory(active.factory)
         result = await active.recorder.stop()
         self._active.pop(active.booking_id, None)
+        if not result.files and not result.error:
+            result.error = "Nothing was recorded: no audio or video reached the server."
         status = "failed" if result.error else "processing"
         async with self.sessionmaker() as db:
             recording = await db.get(Recording, active.recording_id)
@@ -183,6 +185,11 @@ class RecordingService:
                                   f"({result.error}). What was recorded is kept.")
         await self._notify(active.booking_id, message)
         if result.files:
+            async with self.sessionmaker() as db:
+                recording = await db.get(Recording, active.recording_id)
+                if recording is not None:
+                    recording.combined_status = "pending"
+                    await db.commit()
             self._spawn(self.build_combined(active.recording_id), "recording-combined")
         return active.recording_id
 
@@ -273,8 +280,10 @@ class RecordingService:
                 await store.audit(db, None, "recording.recovered", recording.id,
                                   {"duration": recording.duration_seconds})
                 recovered.append(recording.id)
+            # Combined files a stopped server never finished are built again.
+            unfinished = await store.unfinished_combined(db)
             await db.commit()
-        for recording_id in recovered:
+        for recording_id in [*recovered, *(r.id for r in unfinished if r.id not in recovered)]:
             self._spawn(self.build_combined(recording_id), "recording-combined")
         return recovered
 

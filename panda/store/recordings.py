@@ -39,6 +39,7 @@ __all__ = [
     "participant_filter_users",
     "recording_files",
     "save_result",
+    "unfinished_combined",
     "update_settings",
 ]
 
@@ -189,6 +190,17 @@ async def create_recording(
 async def active_recordings(db: AsyncSession) -> list[Recording]:
     """Rows still marked ``recording`` (after a crash: to recover)."""
     rows = await db.execute(select(Recording).where(Recording.status == "recording"))
+    return list(rows.scalars())
+
+
+async def unfinished_combined(db: AsyncSession) -> list[Recording]:
+    """Stopped recordings whose combined file was never finished (the server stopped)."""
+    rows = await db.execute(
+        select(Recording).where(
+            Recording.status != "recording",
+            Recording.combined_status.in_(("pending", "running")),
+        )
+    )
     return list(rows.scalars())
 
 
