@@ -19,7 +19,7 @@ from typing import Any
 from aioice import Candidate, Connection
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from aiortc.rtp import (
@@ -349,6 +349,10 @@ def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
     if getattr(receiver, _RX + "started"):
         raise RuntimeError("tap_receiver() must run before the receiver starts")
     tap = ReceiverTap(receiver)
+    if getattr(receiver, _RX + "kind") == "audio":
+        # aiortc holds 4 audio frames (80 ms) back before decoding; a relay has no
+        # playout to smooth (the browser's own jitter buffer does that): forward at once.
+        setattr(receiver, _RX + "jitter_buffer", JitterBuffer(capacity=16, prefetch=0))
     setattr(receiver, _RX + "decoder_queue", _TapQueue(tap))
     # Stopping the "decoder" (BYE, DTLS close, stop()) must not end the tap: the room
     # decides when a publication ends.
