@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 COMBINED_NAME = "combined.webm"
 PROGRESS_NAME = "combined-progress.json"
 RETENTION_INTERVAL = 3600.0
+ROOM_CHECK_INTERVAL = 2.0
 
 Listener = Callable[[int, dict[str, Any]], Awaitable[None]]
 RoomLookup = Callable[[int], Any]
@@ -94,7 +95,8 @@ class RecordingService:
 
     async def wait_background(self) -> None:
         """Wait until the background work started so far (stops, combined files) is done."""
-        while pending := [t for t in self._tasks if t.get_name() != "recording-retention"]:
+        loops = ("recording-retention", "recording-rooms")
+        while pending := [t for t in self._tasks if t.get_name() not in loops]:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _notify(self, booking_id: int, message: dict[str, Any]) -> None:
@@ -165,6 +167,8 @@ class RecordingService:
             active.room.remove_sink_factory(active.factory)
         result = await active.recorder.stop()
         self._active.pop(active.booking_id, None)
+        if not result.files and not result.error:
+            result.error = "Nothing was recorded: no audio or video reached the server."
         status = "failed" if result.error else "processing"
         async with self.sessionmaker() as db:
             recording = await db.get(Recording, active.recording_id)
@@ -181,6 +185,11 @@ class RecordingService:
                                   f"({result.error}). What was recorded is kept.")
         await self._notify(active.booking_id, message)
         if result.files:
+            async with self.sessionmaker() as db:
+                recording = await db.get(Recording, active.recording_id)
+                if recording is not None:
+                    recording.combined_status = "pending"
+                    await db.commit()
             self._spawn(self.build_combined(active.recording_id), "recording-combined")
         return active.recording_id
 
@@ -271,8 +280,10 @@ class RecordingService:
                 await store.audit(db, None, "recording.recovered", recording.id,
                                   {"duration": recording.duration_seconds})
                 recovered.append(recording.id)
+            # Combined files a stopped server never finished are built again.
+            unfinished = await store.unfinished_combined(db)
             await db.commit()
-        for recording_id in recovered:
+        for recording_id in [*recovered, *(r.id for r in unfinished if r.id not in recovered)]:
             self._spawn(self.build_combined(recording_id), "recording-combined")
         return recovered
 
@@ -302,6 +313,27 @@ class RecordingService:
         for recording in expired:
             await self.delete(recording, actor_id=None, reason="retention")
         return len(expired)
+
+    async def check_rooms(self) -> None:
+        """Stop recordings whose call is over (its media room closed or replaced)."""
+        for active in list(self._active.values()):
+            if active.stopping or self.room_lookup is None:
+                continue
+            try:
+                room = self.room_lookup(active.booking_id)
+            except Exception:
+                log.exception("room lookup failed")
+                continue
+            if room is not active.room:
+                await asyncio.shield(self._finish(active, None, "call ended"))
+
+    async def _watch_rooms(self) -> None:
+        while True:
+            await asyncio.sleep(ROOM_CHECK_INTERVAL)
+            try:
+                await self.check_rooms()
+            except Exception:
+                log.exception("checking recorded rooms failed")
 
     async def _retention_loop(self) -> None:
         while True:
@@ -337,5 +369,6 @@ async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     except Exception:
         log.exception("recording recovery failed")
     service._spawn(service._retention_loop(), "recording-retention")
+    service._spawn(service._watch_rooms(), "recording-rooms")
     yield
     await service.close()

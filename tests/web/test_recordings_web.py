@@ -9,9 +9,11 @@ import shutil
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from panda import keys
+from panda.errors import Conflict, Forbidden, NotFound
 from panda.media.recorder import MANIFEST_NAME
 from panda.media.recording_service import COMBINED_NAME, RECORDINGS
 from panda.store import recordings as store
@@ -338,3 +340,67 @@ async def test_recover_marks_crashed_recordings_interrupted(world: World) -> Non
         assert row is not None and row.combined_status == "ready"
         assert row.status == "interrupted"  # stays interrupted once the combined file is built
     shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_call_record_control_renders_for_tutor_and_others(world: World) -> None:
+    from panda.web.recordings import call_recording_context
+
+    app = world.app
+    template = app[keys.templates].get_template("recordings/_call_record_control.html")
+    tutor_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.tutor)
+    assert tutor_ctx == {"recording_active": False, "can_record": True}
+    html = template.render(tutor_ctx)
+    assert 'data-action="record"' in html and 'aria-pressed="false"' in html
+    assert "data-recording-indicator" in html and " hidden" in html
+    student_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.student)
+    assert student_ctx["can_record"] is False
+    assert 'data-action="record"' not in template.render(student_ctx)
+    script = await world.client.get("/static/recordings/call_record.js")
+    assert script.status == 200
+
+
+async def test_combined_files_left_unfinished_are_built_at_start(world: World) -> None:
+    service = world.app[RECORDINGS]
+    recording = await world.recording(combined=False, status="processing")
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None
+        row.combined_status = "running"  # the server stopped while the worker ran
+        row.combined_progress = 0.4
+        await db.commit()
+    assert await service.recover() == []
+    await asyncio.wait_for(service.wait_background(), 120)
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None
+        assert (row.status, row.combined_status, row.combined_progress) == ("ready", "ready", 1.0)
+
+
+async def test_stopping_with_nothing_recorded_fails_clearly(world: World) -> None:
+    service = world.app[RECORDINGS]
+    room = FakeRoom()
+    service.room_lookup = {world.booking.id: room}.get
+    recording = await service.start(world.booking.id, world.tutor)
+    assert await service.stop(world.booking.id, world.admin) == recording.id
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None and row.status == "failed"
+        assert row.error is not None and "Nothing was recorded" in row.error
+    with pytest.raises(Conflict):
+        await service.stop(world.booking.id, world.admin)
+    with pytest.raises(Forbidden):
+        await service.start(world.booking.id, world.student)
+    with pytest.raises(NotFound):
+        await service.start(999_999, world.admin)
+
+
+async def test_recording_stops_when_the_call_ends(world: World) -> None:
+    service = world.app[RECORDINGS]
+    rooms: dict[int, FakeRoom] = {world.booking.id: FakeRoom()}
+    service.room_lookup = rooms.get
+    await service.start(world.booking.id, world.tutor)
+    await service.check_rooms()
+    assert service.is_recording(world.booking.id)
+    del rooms[world.booking.id]  # the call ended: its media room is gone
+    await service.check_rooms()
+    assert not service.is_recording(world.booking.id)
