@@ -79,7 +79,7 @@ async def test_search_request_accept_dashboards(browser: Browser, live_server: L
 
     await student.goto(live_server.url + "/dashboard")
     upcoming = student.locator(
-        "article", has=student.get_by_role("heading", name="Upcoming sessions")
+        "section", has=student.get_by_role("heading", name="Upcoming sessions")
     )
     await expect(upcoming.locator(f"a[href='{booking_path}']")).to_be_visible()
     await expect(upcoming.get_by_role("button", name=re.compile("^Join")).first).to_be_visible()
