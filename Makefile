@@ -2,21 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
 TEST_TIMEOUT ?= 2400
 PYTEST_ARGS ?=
 
 .PHONY: run test install install-dev test-deps lint clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	bash scripts/ensure-venv.sh $(PYTHON) $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	@echo "Installing Panda Professor into $(VENV) (a few minutes the first time)..."
+	$(PIP) install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "Installing Panda Professor and its test tools into $(VENV) (a few minutes the first time)..."
+	$(PIP) install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -33,12 +35,13 @@ run: install
 test-deps:
 	bash scripts/install-test-deps.sh
 
-## Install everything the tests need, then run the whole suite under a hard timeout.
-test: install-dev test-deps
+## Install everything the tests need, then run the whole suite under a hard timeout
+## (SIGABRT first, so a hang ends with every thread's traceback).
+test: test-deps install-dev
 	timeout -s ABRT -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check panda tests bench
+	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

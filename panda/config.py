@@ -266,7 +266,8 @@ class Settings:
         if production and not env.get("PANDA_SECRET_KEY", "").strip():
             raise ConfigError("PANDA_SECRET_KEY is required when PANDA_ENV=production")
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            # Private when we create it: it holds the database, the secret and recordings.
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"PANDA_DATA_DIR: cannot create {data_dir}: {exc.strerror}") from None
         return cls(

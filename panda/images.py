@@ -28,15 +28,15 @@ def process_photo(data: bytes) -> bytes:
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageRejected("The photo is larger than 5 MB. Choose a smaller one.")
     try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
-            width, height = img.size
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as opened:
+            width, height = opened.size
             if width < 1 or height < 1 or width * height > MAX_PIXELS:
                 raise ImageRejected(
                     "The picture's dimensions are too large. Use a photo under 40 megapixels."
                 )
-            img.seek(0)  # animated files: the first frame only
-            img.load()
-            img = ImageOps.exif_transpose(img)
+            opened.seek(0)  # animated files: the first frame only
+            opened.load()
+            img: Image.Image = ImageOps.exif_transpose(opened)
             img = img.convert("RGBA" if img.mode in ("RGBA", "LA", "P", "PA") else "RGB")
             img = ImageOps.fit(img, (min(PHOTO_SIZE, min(img.size)),) * 2, Image.Resampling.LANCZOS)
             out = io.BytesIO()

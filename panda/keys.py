@@ -22,6 +22,8 @@ mailer: web.AppKey[Mailer] = web.AppKey("mailer")
 # Area modules keep their long-lived services here (rooms, bus, rate limiter, recorder, ...),
 # each under its own AppKey declared in its module.
 services: web.AppKey[dict[str, Any]] = web.AppKey("services")
+# Async callables (request, user) -> dict merged into the dashboard's template context.
+dashboard_providers: web.AppKey[list[Any]] = web.AppKey("dashboard_providers")
 
 # Per request: the logged-in user (or None) and how they authenticated ("session" | "bearer").
 user: web.RequestKey[User | None] = web.RequestKey("user")

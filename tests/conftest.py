@@ -36,13 +36,22 @@ pytest_plugins = ["tests.services"]
 
 
 @pytest.fixture
-def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
-    """Settings on a private data directory with a freshly migrated SQLite database."""
-    db_path = tmp_path / "panda.sqlite3"
-    shutil.copy(migrated_sqlite, db_path)
+def settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Path) -> Settings:
+    """Settings on a private data directory with a freshly migrated database: SQLite, or
+    PostgreSQL for tests marked `@pytest.mark.parametrize("settings", ["sqlite", "postgresql"],
+    indirect=True)` (a fresh database each)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        database_url = request.getfixturevalue("fresh_postgres_url")
+    elif backend == "sqlite":
+        db_path = tmp_path / "panda.sqlite3"
+        shutil.copy(migrated_sqlite, db_path)
+        database_url = f"sqlite+aiosqlite:///{db_path}"
+    else:
+        raise ValueError(f"unknown settings backend {backend!r}")
     return Settings(
         data_dir=tmp_path,
-        database_url=f"sqlite+aiosqlite:///{db_path}",
+        database_url=database_url,
         secret_key=TEST_SECRET,
         base_url="http://127.0.0.1:8080",
         ice_loopback=True,
@@ -101,8 +110,10 @@ class LiveServer:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The developer's own PANDA_* settings must never reach a test server (their database!).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PANDA_")}
         self.env = {
-            **os.environ,
+            **inherited,
             "PANDA_DATA_DIR": str(data_dir),
             "PANDA_PORT": str(self.port),
             "PANDA_HOST": "127.0.0.1",

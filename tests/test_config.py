@@ -27,6 +27,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.redis_url is None and settings.smtp_host is None
     assert settings.outbox_dir == settings.data_dir / "outbox"
     assert not settings.secure_cookies
+    assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
 
 
 def test_data_dir_defaults_to_var_in_the_working_directory(

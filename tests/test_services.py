@@ -7,6 +7,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from panda import keys
 from panda.store.db import create_engine
 from tests.services import RedisServer, asyncpg_dsn
 
@@ -70,3 +71,12 @@ def test_private_redis_can_be_killed_and_restarted(redis_server_factory) -> None
     # Nothing is persisted: a restart loses the data, as a real crash of a cache would.
     assert client.get("k") is None
     client.close()
+
+
+@pytest.mark.parametrize("settings", ["sqlite", "postgresql"], indirect=True)
+async def test_app_runs_on_either_database(client, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+    """`settings` can be parametrised indirectly to run an HTTP test on PostgreSQL too."""
+    assert client.app[keys.engine].dialect.name == request.node.callspec.params["settings"]
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    assert (await resp.json())["database"] == "ok"

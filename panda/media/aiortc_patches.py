@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -63,18 +64,70 @@ def on_transceiver_created(
     setattr(pc, _PC + "createTransceiver", create_transceiver)
 
 
-def on_ice_connection_created(
-    pc: RTCPeerConnection, callback: Callable[[Connection], None]
+def on_dtls_transport_created(
+    pc: RTCPeerConnection, callback: Callable[[RTCDtlsTransport], None]
 ) -> None:
-    """Call ``callback`` with every aioice ``Connection`` ``pc`` creates, before it gathers."""
+    """Call ``callback`` with every DTLS transport ``pc`` creates, before it is used."""
     original = getattr(pc, _PC + "createDtlsTransport")
 
     def create_dtls_transport() -> RTCDtlsTransport:
         dtls: RTCDtlsTransport = original()
-        callback(dtls.transport.iceGatherer._connection)
+        callback(dtls)
         return dtls
 
     setattr(pc, _PC + "createDtlsTransport", create_dtls_transport)
+
+
+def on_ice_connection_created(
+    pc: RTCPeerConnection, callback: Callable[[Connection], None]
+) -> None:
+    """Call ``callback`` with every aioice ``Connection`` ``pc`` creates, before it gathers."""
+    on_dtls_transport_created(pc, lambda dtls: callback(dtls_ice_connection(dtls)))
+
+
+def dtls_ice_connection(dtls: RTCDtlsTransport) -> Connection:
+    """The aioice agent under a DTLS transport."""
+    return dtls.transport.iceGatherer._connection
+
+
+class DtlsGuard:
+    """Counts the packets a hardened transport dropped instead of dying on them."""
+
+    def __init__(self) -> None:
+        self.bad_rtp = 0
+        self.bad_rtcp = 0
+
+
+def harden_dtls_transport(dtls: RTCDtlsTransport) -> DtlsGuard:
+    """Drop RTP/RTCP packets aiortc fails to parse instead of letting the exception end
+    the transport's receive loop (which closes the whole connection).
+
+    aiortc 1.16 raises ``struct.error`` from header-extension parsing on some packets a
+    peer may legitimately send; one such packet would otherwise end the call.
+    """
+    existing = getattr(dtls, "_panda_guard", None)
+    if isinstance(existing, DtlsGuard):
+        return existing
+    guard = DtlsGuard()
+    handle_rtp = dtls._handle_rtp_data
+    handle_rtcp = dtls._handle_rtcp_data
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            await handle_rtp(data, arrival_time_ms=arrival_time_ms)
+        except (ValueError, IndexError, KeyError, struct.error):
+            guard.bad_rtp += 1
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            await handle_rtcp(data)
+        except (ValueError, IndexError, KeyError, struct.error):
+            guard.bad_rtcp += 1
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+    dtls._panda_guard = guard  # type: ignore[attr-defined]
+    return guard
 
 
 def ice_connection_of(pc: RTCPeerConnection) -> Connection | None:
@@ -132,7 +185,7 @@ def restrict_ice_to_addresses(connection: Connection, addresses: Iterable[str]) 
             return
         request_received(message, addr, protocol)
 
-    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign,assignment]
     connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
     connection.request_received = on_request  # type: ignore[method-assign]
 
@@ -268,7 +321,8 @@ class ReceiverTap:
         codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _RX + "codecs")
         rtx_ssrc: dict[int, int] = getattr(receiver, _RX + "rtx_ssrc")
         for codec in parameters.codecs:
-            codecs[codec.payloadType] = codec
+            if codec.payloadType is not None:
+                codecs[codec.payloadType] = codec
         self.codecs = [c for c in parameters.codecs if not is_rtx(c)]
         for encoding in parameters.encodings:
             if encoding.rtx:
@@ -415,3 +469,15 @@ def common_codec_mimes(kind: str, remote_codecs: list[RTCRtpCodecParameters]) ->
         if not is_rtx(codec) and mime not in mimes:
             mimes.append(mime)
     return mimes
+
+
+def set_transceiver_codecs(
+    transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]
+) -> None:
+    """Set the codecs ``transceiver`` negotiates (and its sender/receiver start with)."""
+    transceiver._codecs = list(codecs)
+
+
+def mline_index(transceiver: RTCRtpTransceiver) -> int | None:
+    """Index of the transceiver's m-line in the description being built or applied."""
+    return transceiver._get_mline_index()

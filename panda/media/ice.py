@@ -17,6 +17,7 @@ from typing import Any
 
 from aioice import Connection
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from . import aiortc_patches
 
@@ -140,10 +141,14 @@ def configure_ice_connection(connection: Connection, config: MediaConfig) -> Non
 
 
 def configure_peer_connection(pc: RTCPeerConnection, config: MediaConfig) -> None:
-    """Make every ICE agent ``pc`` creates go through :func:`configure_ice_connection`."""
-    aiortc_patches.on_ice_connection_created(
-        pc, lambda connection: configure_ice_connection(connection, config)
-    )
+    """Make every ICE agent ``pc`` creates go through :func:`configure_ice_connection`
+    (and harden every DTLS transport against packets aiortc cannot parse)."""
+
+    def on_transport(dtls: RTCDtlsTransport) -> None:
+        aiortc_patches.harden_dtls_transport(dtls)
+        configure_ice_connection(aiortc_patches.dtls_ice_connection(dtls), config)
+
+    aiortc_patches.on_dtls_transport_created(pc, on_transport)
 
 
 def create_peer_connection(config: MediaConfig) -> RTCPeerConnection:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiortc import RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
@@ -40,7 +42,9 @@ VIDEO_MIMES = ("video/vp8", "video/h264")  # in order of preference
 SOURCES = ("camera", "microphone", "screen")
 MAX_MEDIA_SECTIONS = 32
 MAX_PENDING_CANDIDATES = 64
-INITIAL_OFFER_DELAY = 0.3  # let a joining browser's own offer arrive first (avoids glare)
+# A joining browser normally offers first (its tracks); the server offers on its own only
+# after this delay (a receive-only browser that never offers), which avoids glare.
+INITIAL_OFFER_DELAY = 1.0
 CLOSE_TIMEOUT = 10.0
 MEDIA_TIMEOUT = 15.0  # no packet at all from a connected participant this long = vanished
 
@@ -87,6 +91,19 @@ class _Sample:
     rates: tuple[int, int] = field(default=(0, 0))
 
 
+def _codec_key(codec: RTCRtpCodecParameters) -> tuple[Any, ...]:
+    """What makes two codec entries the same configuration (payload type aside)."""
+    key: tuple[Any, ...] = (codec.mimeType.lower(), codec.clockRate, codec.channels or 1)
+    if codec.mimeType.lower() == "video/h264":
+        key += (str(codec.parameters.get("packetization-mode", "0")),
+                str(codec.parameters.get("profile-level-id", "42e01f")).lower())
+    return key
+
+
+def _free_pt(taken: set[int]) -> int:
+    return next(pt for pt in range(96, 128) if pt not in taken)
+
+
 def _sdp_error(message: str) -> SignalError:
     return SignalError("bad-sdp", message)
 
@@ -116,7 +133,7 @@ def parse_sdp(text: Any, kind: str) -> aiortc_sdp.SessionDescription:
         if mid in mids:
             raise _sdp_error(f"duplicate mid {mid!r}")
         mids.add(mid)
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise _sdp_error("ICE username fragment or password missing")
         if media.dtls is None or not media.dtls.fingerprints:
             raise _sdp_error("DTLS fingerprint missing")
@@ -155,7 +172,9 @@ class Participant:
         self._publications: dict[str, Publication] = {}
         self._subscriptions: dict[Publication, Subscription] = {}
         self._retired: list[Subscription] = []
-        self._sub_transceivers: set[RTCRtpTransceiver] = set()
+        self._sub_transceivers: set[RTCRtpTransceiver] = set()  # added by the server
+        self._sending: set[RTCRtpTransceiver] = set()  # carrying an active subscription
+        self._attach_after_answer: list[tuple[ForwardingTrack, Fanout]] = []
         self._offer_outstanding = False
         self._renegotiate_wanted = False
         self._renegotiation_task: asyncio.Task[None] | None = None
@@ -164,6 +183,8 @@ class Participant:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._notifications: set[asyncio.Task[None]] = set()
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._extmap: dict[str, int] = {}  # RTP header extension uri -> id on this BUNDLE
+        self._payload_types: dict[tuple[Any, ...], int] = {}  # codec key -> payload type
         self._sample = _Sample(at=time.monotonic())
         self.joined_at = time.time()
         self.state = "connecting"
@@ -196,6 +217,10 @@ class Participant:
             await self._handle_candidate(msg.get("candidate"))
         else:
             raise SignalError("bad-message", f"unsupported message type {kind!r}")
+
+    async def leave(self) -> None:
+        """Leave the room; a no-op for the room if a reconnect already replaced us."""
+        await self.room.leave(self.id, only=self)
 
     def stats(self) -> dict[str, Any]:
         """Live figures for the admin stats API."""
@@ -240,7 +265,9 @@ class Participant:
             "ice_state": self.pc.iceConnectionState,
             "connection_state": self.pc.connectionState,
             "publications": [
-                {"mid": p.mid, "kind": p.kind, "source": p.source, "codec": p.codec.mimeType}
+                {"mid": p.mid, "kind": p.kind, "source": p.source, "codec": p.codec.mimeType,
+                 "subscribers": len(p.fanout.tracks),
+                 "bitrate_limit": p.fanout.bitrate_limit, "remb_sent": p.tap.last_remb_sent}
                 for p in self._publications.values()
             ],
             "subscriptions": len(self._subscriptions),
@@ -250,7 +277,8 @@ class Participant:
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._initial_timer = loop.call_later(INITIAL_OFFER_DELAY, self._initial_offer)
+        self._initial_timer = loop.call_later(
+            self.room.registry.initial_offer_delay, self._initial_offer)
         self._spawn(self._watch_liveness(self.room.registry.media_timeout))
         self._spawn(self._pump())
 
@@ -364,6 +392,7 @@ class Participant:
             new = [(m.kind, m.rtp.muxId) for m in description.media]
             if new[: len(old)] != old:
                 raise _sdp_error("an offer must keep the existing media sections in order")
+        # The server's own m-lines were offered with the room's codecs already.
         sub_mids = {t.mid for t in self._sub_transceivers if t.mid is not None}
         video_mime = self.room.video_mime
         for media in description.media:
@@ -407,6 +436,7 @@ class Participant:
             if self.pc.signalingState != "stable":
                 raise SignalError("glare", "the server's offer is outstanding: answer it first")
             video_mime = self._check_offer(description)
+            self._learn_remote(description)
             try:
                 await self.pc.setRemoteDescription(
                     RTCSessionDescription(sdp=msg["sdp"], type="offer")
@@ -440,14 +470,17 @@ class Participant:
         raise SignalError("bad-sdp", f"description rejected, connection reset: {exc}") from exc
 
     def _apply_publications(self, sources: Mapping[str, str]) -> bool:
+        # Any m-line may carry a publication, including one the server added to send a
+        # subscription: browsers attach a new track (addTrack, e.g. screen share) to an
+        # unused transceiver of the same kind, and after a glare rollback their first
+        # tracks land on the server's m-lines.
         changed = False
         for transceiver in self.pc.getTransceivers():
-            if transceiver in self._sub_transceivers or transceiver.mid is None:
+            if transceiver.mid is None:
                 continue
             mid = transceiver.mid
             mime = AUDIO_MIME if transceiver.kind == "audio" else self.room.video_mime
             codec = aiortc_patches.restrict_transceiver_codecs(transceiver, mime) if mime else None
-            transceiver.direction = "recvonly"
             offered = aiortc_patches.transceiver_offer_direction(transceiver)
             sending = offered in ("recvonly", "sendrecv") and codec is not None
             pub = self._publications.get(mid)
@@ -462,7 +495,15 @@ class Participant:
             elif not sending and pub is not None:
                 self._unpublish(pub)
                 changed = True
+            self._set_direction(transceiver)
         return changed
+
+    def _set_direction(self, transceiver: RTCRtpTransceiver) -> None:
+        send = transceiver in self._sending
+        recv = transceiver not in self._sub_transceivers or (
+            transceiver.mid is not None and transceiver.mid in self._publications)
+        transceiver.direction = ("sendrecv" if recv else "sendonly") if send else (
+            "recvonly" if recv else "inactive")
 
     def _default_source(self, kind: str, mid: str) -> str:
         if kind == "audio":
@@ -512,7 +553,7 @@ class Participant:
     # ------------------------------------------------------------------ browser answer
 
     async def _handle_answer(self, msg: dict[str, Any]) -> None:
-        parse_sdp(msg.get("sdp"), "answer")
+        description = parse_sdp(msg.get("sdp"), "answer")
         async with self._lock:
             if self.closed:
                 raise SignalError("closed", "this connection is closed; join again")
@@ -529,6 +570,11 @@ class Participant:
                 self.room._participant_vanished(self)
                 raise SignalError("bad-sdp", f"answer rejected, connection reset: {exc}") from exc
             self._offer_outstanding = False
+            self._learn_remote(description)
+            attach, self._attach_after_answer = self._attach_after_answer, []
+            for track, fanout in attach:
+                if track.readyState == "live":
+                    track.attach(fanout)
             await self._apply_pending_candidates()
             again = self._renegotiate_wanted
             self._renegotiate_wanted = False
@@ -579,6 +625,106 @@ class Participant:
 
     # ------------------------------------------------------------------ server offers
 
+    def _learn_remote(self, description: aiortc_sdp.SessionDescription) -> None:
+        """Remember the browser's RTP header extension ids and payload types."""
+        for media in description.media:
+            for ext in media.rtp.headerExtensions:
+                if ext.uri not in self._extmap and ext.id not in self._extmap.values():
+                    self._extmap[ext.uri] = ext.id
+            base: dict[int, tuple[Any, ...]] = {}
+            for codec in media.rtp.codecs:
+                if not is_rtx(codec) and codec.payloadType is not None:
+                    key = _codec_key(codec)
+                    base[codec.payloadType] = key
+                    self._payload_types.setdefault(key, codec.payloadType)
+            for codec in media.rtp.codecs:
+                apt = codec.parameters.get("apt")
+                if is_rtx(codec) and isinstance(apt, int) and apt in base and (
+                        codec.payloadType is not None):
+                    self._payload_types.setdefault(("rtx", *base[apt]), codec.payloadType)
+
+    async def _create_offer(self) -> str:
+        """createOffer(), fixed for renegotiation with a browser on one BUNDLE transport.
+
+        aiortc's createOffer() resets every transceiver to its own codec list and payload
+        type numbers and to its own header extension ids. Re-offered m-lines keep what was
+        negotiated (a browser would otherwise switch payload types under a running
+        receiver); new m-lines use the browser's numbers, so each payload type and
+        extension id means one thing on the transport.
+        """
+        negotiated = {
+            t: aiortc_patches.transceiver_codecs(t)
+            for t in self.pc.getTransceivers()
+            if t.mid is not None and t.currentDirection is not None
+        }
+        offer = await self.pc.createOffer()
+        description = aiortc_sdp.SessionDescription.parse(offer.sdp)
+        for transceiver in self.pc.getTransceivers():
+            index = aiortc_patches.mline_index(transceiver)
+            if index is None or index >= len(description.media):
+                continue
+            media = description.media[index]
+            codecs = negotiated.get(transceiver) or self._browser_payload_types(
+                media.rtp.codecs)
+            media.rtp.codecs = codecs
+            media.fmt = [c.payloadType for c in codecs]
+            aiortc_patches.set_transceiver_codecs(transceiver, codecs)
+        for media in description.media:
+            kept = []
+            for ext in media.rtp.headerExtensions:
+                known = self._extmap.get(ext.uri)
+                if known is None:
+                    taken = set(self._extmap.values())
+                    known = next((i for i in range(1, 15) if i not in taken), None)
+                    if known is None:
+                        continue  # no one-byte id left: offer without this extension
+                    self._extmap[ext.uri] = known
+                ext.id = known
+                kept.append(ext)
+            media.rtp.headerExtensions = kept
+        return str(description)
+
+    def _browser_payload_types(
+        self, codecs: list[RTCRtpCodecParameters]
+    ) -> list[RTCRtpCodecParameters]:
+        taken = set(self._payload_types.values())
+        renumbered: dict[int, int] = {}
+        result = []
+        for codec in codecs:
+            original = codec.payloadType
+            if is_rtx(codec) or original is None:
+                continue
+            codec = copy.deepcopy(codec)
+            key = _codec_key(codec)
+            pt = self._payload_types.get(key)
+            if pt is None:
+                pt = original if original not in taken else _free_pt(taken)
+                self._payload_types[key] = pt
+                taken.add(pt)
+            renumbered[original] = pt
+            codec.payloadType = pt
+            result.append(codec)
+        for codec in codecs:
+            apt = codec.parameters.get("apt")
+            if not is_rtx(codec) or not isinstance(apt, int) or apt not in renumbered:
+                continue
+            codec = copy.deepcopy(codec)
+            base_key = next(k for k, v in self._payload_types.items() if v == renumbered[apt])
+            key = ("rtx", *base_key)
+            pt = self._payload_types.get(key)
+            if pt is None:
+                pt = codec.payloadType
+                if pt is None or pt in taken:
+                    pt = _free_pt(taken)
+                self._payload_types[key] = pt
+                taken.add(pt)
+            codec.payloadType = pt
+            codec.parameters = {**codec.parameters, "apt": renumbered[apt]}
+            # keep each RTX right after its codec, as aiortc's own lists do
+            index = next(i for i, c in enumerate(result) if c.payloadType == renumbered[apt])
+            result.insert(index + 1, codec)
+        return result
+
     def schedule_renegotiation(self) -> None:
         """Re-offer this participant's subscriptions if they changed (serialised)."""
         if self.closed or self._initial_timer is not None:
@@ -593,13 +739,27 @@ class Participant:
         changed = False
         for pub, sub in list(self._subscriptions.items()):
             if pub not in desired or pub.fanout.ended:
-                sub.track.stop()
-                sub.transceiver.direction = "inactive"
+                # The track idles (its sender stays alive) so a later subscription of
+                # the same kind can reuse this m-line instead of adding one.
+                sub.track.detach()
                 del self._subscriptions[pub]
+                self._sending.discard(sub.transceiver)
+                self._set_direction(sub.transceiver)
                 self._retired.append(sub)
                 changed = True
         for pub in desired:
             if pub in self._subscriptions or pub.fanout.ended:
+                continue
+            reusable = self._reusable_subscription(pub)
+            if reusable is not None:
+                self._retired.remove(reusable)
+                # Attached once the answer re-enables the sender: a keyframe read while
+                # it is still disabled would be dropped.
+                self._attach_after_answer.append((reusable.track, pub.fanout))
+                self._sending.add(reusable.transceiver)
+                self._set_direction(reusable.transceiver)
+                self._subscriptions[pub] = Subscription(pub, reusable.transceiver, reusable.track)
+                changed = True
                 continue
             track = pub.fanout.subscribe()
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
@@ -610,9 +770,19 @@ class Participant:
                 on_remb=track.set_remb,
             )
             self._sub_transceivers.add(transceiver)
+            self._sending.add(transceiver)
             self._subscriptions[pub] = Subscription(pub, transceiver, track)
             changed = True
         return changed
+
+    def _reusable_subscription(self, pub: Publication) -> Subscription | None:
+        mime = pub.codec.mimeType.lower()
+        for sub in self._retired:
+            codecs = aiortc_patches.transceiver_codecs(sub.transceiver)
+            if (sub.transceiver.kind == pub.kind and sub.track.readyState == "live"
+                    and codecs and codecs[0].mimeType.lower() == mime):
+                return sub
+        return None
 
     async def _renegotiate(self) -> None:
         async with self._lock:
@@ -623,8 +793,8 @@ class Participant:
                 return
             if not self._update_subscriptions():
                 return
-            offer = await self.pc.createOffer()
-            await self.pc.setLocalDescription(offer)
+            offer_sdp = await self._create_offer()
+            await self.pc.setLocalDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             self._offer_outstanding = True
             tracks = {
                 sub.transceiver.mid: {
@@ -681,11 +851,19 @@ class Room:
             await self._remove(old)
         return participant
 
-    async def leave(self, participant_id: str) -> None:
-        """Remove a participant: its pc closes, its tracks end, the others are re-offered."""
-        participant = self._participants.pop(participant_id, None)
-        if participant is not None:
-            await self._remove(participant)
+    async def leave(self, participant_id: str, *, only: Participant | None = None) -> None:
+        """Remove a participant: its pc closes, its tracks end, the others are re-offered.
+
+        With ``only``, nothing happens unless that exact Participant is the current one
+        (a websocket closing after its page reconnected must not remove the new one).
+        """
+        current = self._participants.get(participant_id)
+        if current is None or (only is not None and current is not only):
+            if only is not None and not only.closed:
+                await self._remove(only)
+            return
+        del self._participants[participant_id]
+        await self._remove(current)
 
     async def _remove(self, participant: Participant) -> None:
         ended = participant._close()
@@ -772,9 +950,15 @@ class Room:
 class RoomRegistry:
     """Every live room of this process (the web app keeps one, closed at shutdown)."""
 
-    def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT) -> None:
+    def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT,
+                 initial_offer_delay: float = INITIAL_OFFER_DELAY) -> None:
         self.config = config
         self.media_timeout = media_timeout
+        self.initial_offer_delay = initial_offer_delay
+        if config.relay_path != "frame":
+            # The packet-level path is not built yet; frames are forwarded meanwhile.
+            logger.warning("relay path %r not available: using the frame path",
+                           config.relay_path)
         self._rooms: dict[str, Room] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

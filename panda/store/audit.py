@@ -48,10 +48,20 @@ async def record(
 
 
 async def list_entries(
-    db: AsyncSession, *, action: str = "", limit: int = 50, offset: int = 0
+    db: AsyncSession,
+    *,
+    action: str = "",
+    target_id: str = "",
+    limit: int = 50,
+    offset: int = 0,
 ) -> tuple[list[tuple[AuditEntry, User | None]], int]:
     """Entries newest first with their actors, and the total count."""
-    conditions = [AuditEntry.action == action] if action else []
+    conditions = []
+    if action:
+        conditions.append(AuditEntry.action == action)
+    if target_id:
+        conditions.append(AuditEntry.target_type == "user")
+        conditions.append(AuditEntry.target_id == target_id)
     total = (await db.execute(select(func.count(AuditEntry.id)).where(*conditions))).scalar_one()
     rows = (
         await db.execute(

@@ -33,7 +33,10 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def dashboard(request: web.Request) -> web.StreamResponse:
     """The logged-in user's home; each role gets its own."""
     user = require_user(request)
-    return render(request, "dashboard.html", {"user": user})
+    ctx: dict[str, Any] = {"user": user}
+    for provider in request.app.get(keys.dashboard_providers, []):
+        ctx.update(await provider(request, user))
+    return render(request, "dashboard.html", ctx)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -4,11 +4,46 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from panda.web import accounts, chat, home, live, openapi, profile
+from panda.web import (
+    accounts,
+    admin,
+    admin_market,
+    api_auth,
+    bookings,
+    calendar,
+    calls,
+    chat,
+    home,
+    live,
+    market_dashboard,
+    notifications,
+    openapi,
+    profile,
+    questions,
+    recordings,
+    tutors,
+)
 from panda.web.render import STATIC_DIR
 
 # Area modules, each with `setup(app)`; add new areas here.
-AREAS = [home, accounts, profile, chat, live]
+AREAS = [
+    home,
+    accounts,
+    profile,
+    admin,
+    api_auth,
+    tutors,
+    bookings,
+    calendar,
+    notifications,
+    market_dashboard,
+    admin_market,
+    questions,
+    calls,
+    chat,
+    live,
+    recordings,
+]
 
 
 def setup_routes(app: web.Application) -> None:

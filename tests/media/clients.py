@@ -171,11 +171,17 @@ class Client:
         )
         return self.participant
 
-    def add_track(self, kind: str, source: str) -> PacketTrack:
+    def add_track(self, kind: str, source: str, *, reuse: bool = False) -> PacketTrack:
+        """Add a track on a new m-line, or (``reuse``) like a browser's addTrack, which
+        puts it on an unused transceiver of the same kind, e.g. one the server added."""
         media = self.video_media if kind == "video" else self.audio_media
         assert media is not None
         track = PacketTrack(kind, media)
-        transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        if reuse:
+            sender = self.pc.addTrack(track)
+            transceiver = next(t for t in self.pc.getTransceivers() if t.sender is sender)
+        else:
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
         if kind == "video" and self.video_codecs is not None:
             prefs = [c for c in transceiver.sender.getCapabilities("video").codecs
                      if c.mimeType.lower() in self.video_codecs]
@@ -209,11 +215,18 @@ class Client:
             self.add_track("video", "camera")
         await self.offer()
 
+    async def receive_only(self) -> None:
+        """Offer recvonly m-lines, as a browser without camera and microphone would."""
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.addTransceiver("video", direction="recvonly")
+        await self.offer()
+
     async def stop_publishing(self, mid: str) -> None:
         """Like removeTrack in a browser: the m-line stays, direction becomes inactive."""
         for transceiver in self.pc.getTransceivers():
             if transceiver.mid == mid:
-                transceiver.direction = "inactive"
+                transceiver.direction = (
+                    "recvonly" if transceiver.direction == "sendrecv" else "inactive")
         self.sources.pop(mid, None)
         await self.offer()
 

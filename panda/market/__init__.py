@@ -1,0 +1,1 @@
+"""The tutoring marketplace: availability, booking rules, search, calendar, notifications."""

@@ -1,0 +1,714 @@
+// The call page: pre-join preview, joining, controls, and recovery without a reload.
+import { acquire, captureScreen, describeError, listDevices } from "./media.js";
+import { PeerSession } from "./peer.js";
+import { Signalling, socketUrl } from "./signalling.js";
+import { StatsWatcher } from "./stats.js";
+
+const DISCONNECT_GRACE_MS = 3000; // "disconnected" this long => new peer connection
+const CONNECT_TIMEOUT_MS = 15000; // no media connection this long after joining => new peer connection
+const BACKOFF_MS = [500, 1000, 2000, 3000, 5000];
+const STATUS_TEXT = {
+  idle: "Ready to join",
+  waiting: "Not open yet",
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  failed: "Connection failed",
+  ended: "Ended",
+};
+
+class CallPage {
+  constructor(root) {
+    this.root = root;
+    this.sessionId = root.dataset.sessionId;
+    this.wsPath = root.dataset.wsPath;
+    this.otherName = root.dataset.otherName;
+    this.opensAt = new Date(root.dataset.opensAt);
+    try {
+      this.iceServers = JSON.parse(root.dataset.iceServers || "[]");
+    } catch {
+      this.iceServers = [];
+    }
+    this.state = root.dataset.callState;
+    this.recording = undefined;
+    this.tracks = { audio: null, video: null, screen: null };
+    this.muted = false;
+    this.cameraOff = false;
+    this.sig = null;
+    this.peer = null;
+    this.participantId = null;
+    this.participants = new Map(); // participant_id -> {name, role, media, connection}
+    this.leaving = false;
+    this.attempt = 0;
+    this.timers = {};
+    this.stats = new StatsWatcher(root);
+    this.q = (sel) => root.querySelector(sel);
+    this.bind();
+    this.applyState(this.state);
+    if (this.state === "idle" || this.state === "waiting") this.startPreview();
+    if (this.state === "waiting") this.waitForOpening();
+  }
+
+  // ---------- state and UI ----------
+
+  applyState(state) {
+    this.state = state;
+    this.root.dataset.callState = state;
+    this.q("[data-status-text]").textContent = STATUS_TEXT[state] || state;
+    for (const el of this.root.querySelectorAll("[data-show]")) {
+      el.hidden = !el.dataset.show.split(" ").includes(state);
+    }
+    const join = this.q('[data-action="join"]');
+    if (join) join.disabled = state !== "idle";
+  }
+
+  banner(text) {
+    const el = this.q("[data-banner]");
+    el.textContent = text || "";
+    el.hidden = !text;
+  }
+
+  toast(text) {
+    const list = this.q("[data-toasts]");
+    const item = document.createElement("li");
+    item.textContent = text;
+    list.append(item);
+    setTimeout(() => item.remove(), 5000);
+    while (list.children.length > 4) list.firstElementChild.remove();
+  }
+
+  bind() {
+    this.q("[data-prejoin-form]").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.join();
+    });
+    const on = (action, fn) => {
+      const el = this.q(`[data-action="${action}"]`);
+      if (el) el.addEventListener("click", fn);
+    };
+    on("mute", () => this.toggleMute());
+    on("camera", () => this.toggleCamera());
+    on("screen", () => this.toggleScreen());
+    on("fullscreen", () => this.toggleFullscreen());
+    on("leave", () => this.leave());
+    on("end", () => this.endForAll());
+    on("retry", () => this.retry());
+    on("record", () => this.toggleRecording());
+    for (const select of this.root.querySelectorAll("select[data-device]")) {
+      select.addEventListener("change", () => this.switchDevice(select.dataset.device, select.value));
+    }
+    document.addEventListener("fullscreenchange", () => {
+      this.setPressed("fullscreen", Boolean(document.fullscreenElement));
+    });
+    window.addEventListener("pagehide", () => {
+      if (this.sig) this.sig.send({ type: "leave" });
+    });
+  }
+
+  setPressed(action, pressed, label) {
+    const el = this.q(`[data-action="${action}"]`);
+    if (!el) return;
+    el.setAttribute("aria-pressed", String(pressed));
+    if (label) el.querySelector("[data-label]").textContent = label;
+  }
+
+  // ---------- pre-join ----------
+
+  async waitForOpening() {
+    const tick = () => {
+      const ms = this.opensAt - Date.now();
+      const el = this.q("[data-countdown]");
+      if (ms <= 0) {
+        if (this.state === "waiting") this.applyState("idle");
+        return;
+      }
+      const minutes = Math.ceil(ms / 60000);
+      if (el) el.textContent = minutes > 90 ? "" : `That is in ${minutes} minute${minutes === 1 ? "" : "s"}.`;
+      this.timers.waiting = setTimeout(tick, Math.min(ms, 15000));
+    };
+    const local = this.q("[data-opens-local]");
+    if (local) local.textContent = this.opensAt.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    tick();
+  }
+
+  async startPreview() {
+    const got = await acquire();
+    this.tracks.audio = got.audio;
+    this.tracks.video = got.video;
+    this.showProblems(got.problems);
+    this.showPreview();
+    await this.fillDevices();
+  }
+
+  showPreview() {
+    const video = this.q("#preview-video");
+    const placeholder = this.q("[data-preview-placeholder]");
+    if (this.tracks.video) {
+      video.srcObject = new MediaStream([this.tracks.video]);
+      placeholder.hidden = true;
+    } else {
+      video.srcObject = null;
+      placeholder.hidden = false;
+      placeholder.textContent = "No camera: the others will see your name instead.";
+    }
+  }
+
+  showProblems(problems) {
+    const box = this.q("[data-device-problems]");
+    box.replaceChildren();
+    for (const text of problems) {
+      const p = document.createElement("p");
+      p.textContent = text;
+      box.append(p);
+    }
+    if (problems.length && !this.tracks.audio && !this.tracks.video) {
+      const p = document.createElement("p");
+      p.textContent = "You can still join to watch and listen.";
+      box.append(p);
+    }
+    box.hidden = problems.length === 0;
+  }
+
+  async fillDevices() {
+    const devices = await listDevices();
+    for (const select of this.root.querySelectorAll("select[data-device]")) {
+      const kind = select.dataset.device;
+      const current = kind === "videoinput" ? this.tracks.video : this.tracks.audio;
+      const currentId = current ? current.getSettings().deviceId : "";
+      const first = select.options[0];
+      select.replaceChildren(first);
+      devices[kind].forEach((device, i) => {
+        const option = document.createElement("option");
+        option.value = device.deviceId;
+        option.textContent = device.label || `${kind === "videoinput" ? "Camera" : "Microphone"} ${i + 1}`;
+        option.selected = device.deviceId === currentId;
+        select.append(option);
+      });
+    }
+  }
+
+  async switchDevice(kind, deviceId) {
+    const isVideo = kind === "videoinput";
+    const old = isVideo ? this.tracks.video : this.tracks.audio;
+    if (old) old.stop();
+    const got = await acquire(isVideo ? { cameraId: deviceId, audio: false } : { micId: deviceId, video: false });
+    const track = isVideo ? got.video : got.audio;
+    if (isVideo) this.tracks.video = track;
+    else this.tracks.audio = track;
+    this.showProblems(got.problems);
+    this.showPreview();
+  }
+
+  // ---------- joining and recovery ----------
+
+  join() {
+    if (this.state !== "idle") return;
+    this.leaving = false;
+    this.applyState("connecting");
+    const self = this.q("#self-video");
+    self.srcObject = this.tracks.video ? new MediaStream([this.tracks.video]) : null;
+    this.cameraOff = !this.tracks.video;
+    this.setPressed("camera", this.cameraOff, this.cameraOff ? "Start video" : "Stop video");
+    this.setPressed("mute", !this.tracks.audio, this.tracks.audio ? "Mute" : "No microphone");
+    this.muted = !this.tracks.audio;
+    this.timers.stats = setInterval(() => this.stats.update(this.peer && this.peer.pc).catch(() => {}), 2000);
+    this.openSocket();
+  }
+
+  openSocket() {
+    clearTimeout(this.timers.reconnect);
+    if (this.sig) this.sig.close();
+    const sig = new Signalling(socketUrl(this.wsPath));
+    this.sig = sig;
+    this.stats.field("signalling", "connecting");
+    sig.addEventListener("open", () => {
+      this.stats.field("signalling", "open");
+      sig.send({ type: "join" });
+    });
+    // One message at a time, in order: an offer must be applied before the next candidate.
+    let chain = Promise.resolve();
+    sig.addEventListener("message", (event) => {
+      chain = chain.then(() => (this.sig === sig ? this.onMessage(event.detail) : null)).catch((err) => console.warn(err));
+    });
+    sig.addEventListener("close", (event) => this.onSocketClose(event.detail));
+    sig.connect();
+  }
+
+  onSocketClose({ code }) {
+    this.stats.field("signalling", `closed (${code})`);
+    if (this.leaving || this.state === "ended" || this.state === "failed") return;
+    if (code === 4001) return this.finish("replaced");
+    if (code === 4002) return this.finish("ended");
+    if (code === 4003) return this.backToWaiting();
+    this.scheduleReconnect();
+  }
+
+  scheduleReconnect() {
+    if (this.peer) this.peer.detach();
+    this.applyState("reconnecting");
+    this.banner("Connection lost. Reconnecting…");
+    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    this.attempt += 1;
+    clearTimeout(this.timers.reconnect);
+    this.timers.reconnect = setTimeout(() => this.checkThenReconnect(), delay);
+  }
+
+  async checkThenReconnect() {
+    // Ask the API first: a closed socket says nothing about why (ended, no access, server down).
+    let info = null;
+    try {
+      const resp = await fetch(`/api/sessions/${this.sessionId}/room`, { credentials: "same-origin" });
+      if (resp.status === 401 || resp.status === 403 || resp.status === 404) {
+        const body = await resp.json().catch(() => ({}));
+        return this.fail(body.error || "You no longer have access to this call.");
+      }
+      if (resp.ok) info = await resp.json();
+    } catch {
+      /* server unreachable: keep trying */
+    }
+    if (info && info.window === "ended") return this.finish("ended");
+    if (info && info.window === "not_open") return this.backToWaiting();
+    if (!info) return this.scheduleReconnect();
+    this.openSocket();
+  }
+
+  /** A new peer connection on the same socket (the server replaces our old one). */
+  rejoin(reason) {
+    if (this.leaving || this.state === "ended" || this.state === "failed") return;
+    clearTimeout(this.timers.disconnect);
+    clearTimeout(this.timers.connect);
+    this.applyState("reconnecting");
+    this.banner(reason);
+    if (this.peer) this.peer.detach();
+    if (this.sig && this.sig.isOpen) this.sig.send({ type: "join" });
+    else this.scheduleReconnect();
+  }
+
+  retry() {
+    this.attempt = 0;
+    this.leaving = false;
+    this.applyState("connecting");
+    this.openSocket();
+  }
+
+  async onMessage(msg) {
+    switch (msg.type) {
+      case "join":
+        return this.onJoined(msg);
+      case "offer":
+      case "answer":
+      case "ice-candidate":
+        if (this.peer) await this.peer.handle(msg);
+        return;
+      case "participant-joined":
+        this.participants.set(msg.participant_id, msg);
+        this.toast(`${msg.name} joined`);
+        this.renderRemote();
+        return;
+      case "participant-left": {
+        const who = this.participants.get(msg.participant_id);
+        this.participants.delete(msg.participant_id);
+        if (who) this.toast(`${who.name} left`);
+        this.renderRemote();
+        return;
+      }
+      case "participant-state": {
+        const who = this.participants.get(msg.participant_id);
+        if (who) who.connection = msg.connection;
+        return;
+      }
+      case "media-state":
+        return this.onMediaState(msg);
+      case "leave":
+        if (msg.reason === "replaced") return this.finish("replaced");
+        if (msg.reason === "ended") return this.finish("ended");
+        return;
+      case "redirect":
+        return this.onRedirect(msg);
+      case "recording":
+        this.showRecording(msg.state === "started", msg);
+        return;
+      case "error":
+        return this.onError(msg);
+      default:
+        return;
+    }
+  }
+
+  onJoined(msg) {
+    this.participantId = msg.participant_id;
+    this.showRecording(Boolean(msg.recording));
+    this.participants = new Map((msg.participants || []).map((p) => [p.participant_id, p]));
+    if (Array.isArray(msg.ice_servers)) this.iceServers = msg.ice_servers;
+    if (this.peer) this.peer.close();
+    const peer = new PeerSession({ iceServers: this.iceServers, send: (m) => this.sig && this.sig.send(m) });
+    this.peer = peer;
+    peer.addEventListener("track", () => this.renderRemote());
+    peer.addEventListener("tracks", () => this.renderRemote());
+    peer.addEventListener("state", (event) => this.onPeerState(peer, event.detail));
+    if (this.tracks.audio) peer.setSource("microphone", this.tracks.audio);
+    if (this.tracks.video && !this.cameraOff) peer.setSource("camera", this.tracks.video);
+    if (this.tracks.screen) peer.setSource("screen", this.tracks.screen);
+    this.sendMediaState();
+    this.renderRemote();
+    clearTimeout(this.timers.connect);
+    if (peer.pc.getTransceivers().length) {
+      this.timers.connect = setTimeout(() => {
+        if (this.peer === peer && peer.pc.connectionState !== "connected") this.rejoin("Still connecting. Trying again…");
+      }, CONNECT_TIMEOUT_MS);
+    } else {
+      // Receive-only and alone: nothing to connect until someone publishes.
+      this.onConnected();
+    }
+  }
+
+  onConnected() {
+    clearTimeout(this.timers.connect);
+    clearTimeout(this.timers.disconnect);
+    this.attempt = 0;
+    this.banner("");
+    this.applyState("connected");
+  }
+
+  onPeerState(peer, state) {
+    if (peer !== this.peer) return;
+    this.stats.field("ice", state);
+    if (state === "connected") {
+      this.onConnected();
+    } else if (state === "failed") {
+      this.rejoin("The connection failed. Reconnecting…");
+    } else if (state === "disconnected") {
+      clearTimeout(this.timers.disconnect);
+      if (this.state === "connected") this.banner("Connection unstable…");
+      this.timers.disconnect = setTimeout(() => {
+        if (this.peer === peer && peer.pc.connectionState !== "connected") {
+          this.rejoin("Connection lost. Reconnecting…");
+        }
+      }, DISCONNECT_GRACE_MS);
+    }
+  }
+
+  onMediaState(msg) {
+    const who = this.participants.get(msg.participant_id);
+    if (!who) return;
+    const before = who.media || {};
+    who.media = { audio: msg.audio, video: msg.video, screen: msg.screen };
+    if (before.audio !== undefined && before.audio !== msg.audio) this.toast(`${who.name} ${msg.audio ? "unmuted" : "muted"}`);
+    if (before.video !== undefined && before.video !== msg.video) this.toast(`${who.name} turned the camera ${msg.video ? "on" : "off"}`);
+    if (before.screen !== msg.screen && (before.screen !== undefined || msg.screen)) {
+      this.toast(`${who.name} ${msg.screen ? "is sharing the screen" : "stopped sharing"}`);
+    }
+    this.renderRemote();
+  }
+
+  onRedirect(msg) {
+    // Reserved for scale-out: another node owns this room. Only same-site paths are followed.
+    if (typeof msg.path === "string" && msg.path.startsWith("/ws/") && !msg.path.startsWith("//")) {
+      this.wsPath = msg.path;
+      this.openSocket();
+    }
+  }
+
+  async onError(msg) {
+    console.warn("call error", msg.code, msg.message);
+    if (msg.code !== "glare" && this.peer) await this.peer.offerRefused();
+    if (msg.code === "room-ended") return this.finish("ended");
+    if (msg.code === "room-not-open") return this.backToWaiting();
+    if (msg.code === "closed" && this.state !== "reconnecting") {
+      // The relay dropped our peer connection (it went silent or failed): start a new one.
+      return this.rejoin("Reconnecting…");
+    }
+    if (msg.code === "no-common-codec") {
+      this.fail("Your browser cannot send or receive a video format this call uses. Try a current Chrome or Firefox.");
+    } else if (msg.code === "media-unavailable") {
+      this.fail("Calls are not available on this server right now.");
+    }
+  }
+
+  sendMediaState() {
+    if (!this.sig) return;
+    this.sig.send({
+      type: "media-state",
+      audio: Boolean(this.tracks.audio) && !this.muted,
+      video: Boolean(this.tracks.video) && !this.cameraOff,
+      screen: Boolean(this.tracks.screen),
+    });
+  }
+
+  // ---------- remote media ----------
+
+  renderRemote() {
+    const grid = this.q("[data-remote-grid]");
+    const empty = this.q("[data-stage-empty]");
+    const live = this.peer ? this.peer.receiving() : [];
+    const keep = new Set();
+    for (const { mid, track, info } of live) {
+      keep.add(mid);
+      if (info.kind === "audio") {
+        this.ensureAudio(mid, track);
+        continue;
+      }
+      let tile = grid.querySelector(`[data-mid="${CSS.escape(mid)}"]`);
+      if (!tile) {
+        tile = document.createElement("figure");
+        tile.className = "tile";
+        tile.dataset.mid = mid;
+        const video = document.createElement("video");
+        video.className = "remote-video";
+        video.autoplay = true;
+        video.playsInline = true;
+        video.muted = true; // sound plays through the audio elements
+        const caption = document.createElement("figcaption");
+        const off = document.createElement("div");
+        off.className = "camera-off";
+        off.hidden = true;
+        tile.append(video, off, caption);
+        grid.append(tile);
+      }
+      const video = tile.querySelector("video");
+      if (!video.srcObject || video.srcObject.getVideoTracks()[0] !== track) {
+        video.srcObject = new MediaStream([track]);
+        video.play().catch(() => {});
+      }
+      const who = this.participants.get(info.participant_id) || { name: "Participant", media: {} };
+      video.dataset.participantId = info.participant_id;
+      video.dataset.source = info.source;
+      tile.classList.toggle("tile-screen", info.source === "screen");
+      const caption = tile.querySelector("figcaption");
+      caption.textContent = info.source === "screen" ? `${who.name}'s screen` : who.name;
+      if (info.source === "camera" && who.media && who.media.audio === false) {
+        const flag = document.createElement("span");
+        flag.className = "flag";
+        flag.textContent = "muted";
+        caption.append(flag);
+      }
+      const off = tile.querySelector(".camera-off");
+      const cameraOff = info.source === "camera" && who.media && who.media.video === false;
+      off.hidden = !cameraOff;
+      if (cameraOff) {
+        off.replaceChildren();
+        const avatar = document.createElement("p");
+        avatar.className = "call-avatar";
+        avatar.textContent = (who.name || "?").slice(0, 1);
+        const text = document.createElement("p");
+        text.textContent = `${who.name} turned the camera off`;
+        off.append(avatar, text);
+      }
+    }
+    for (const el of this.root.querySelectorAll("[data-mid]")) {
+      if (!keep.has(el.dataset.mid)) el.remove();
+    }
+    empty.hidden = grid.querySelector(".tile") !== null;
+    const others = [...this.participants.values()];
+    let text = `Waiting for ${this.otherName} to join…`;
+    if (others.length) {
+      const names = others.map((p) => p.name).join(" and ");
+      const withoutCamera = others.every((p) => p.media && p.media.video === false && !p.media.screen);
+      text = withoutCamera ? `${names} joined without a camera` : `Connecting to ${names}…`;
+    }
+    this.q("[data-stage-empty-text]").textContent = text;
+  }
+
+  ensureAudio(mid, track) {
+    let audio = this.root.querySelector(`audio[data-mid="${CSS.escape(mid)}"]`);
+    if (!audio) {
+      audio = document.createElement("audio");
+      audio.dataset.mid = mid;
+      audio.className = "remote-audio";
+      audio.autoplay = true;
+      this.root.append(audio);
+    }
+    if (!audio.srcObject || audio.srcObject.getAudioTracks()[0] !== track) {
+      audio.srcObject = new MediaStream([track]);
+      audio.play().catch(() => this.banner("Click anywhere to hear the others."));
+    }
+  }
+
+  // ---------- controls ----------
+
+  toggleMute() {
+    if (!this.tracks.audio) {
+      this.toast("No microphone is available.");
+      return;
+    }
+    this.muted = !this.muted;
+    this.tracks.audio.enabled = !this.muted;
+    this.setPressed("mute", this.muted, this.muted ? "Unmute" : "Mute");
+    this.updateSelfFlags();
+    this.sendMediaState();
+  }
+
+  async toggleCamera() {
+    if (!this.cameraOff) {
+      this.cameraOff = true;
+      if (this.peer) await this.peer.setSource("camera", null);
+      if (this.tracks.video) this.tracks.video.stop();
+      this.tracks.video = null;
+      this.q("#self-video").srcObject = null;
+    } else {
+      const cameraId = this.q("#camera-select").value;
+      const got = await acquire({ cameraId, audio: false });
+      if (!got.video) {
+        this.toast(got.problems[0] || "The camera could not be started.");
+        return;
+      }
+      this.cameraOff = false;
+      this.tracks.video = got.video;
+      this.q("#self-video").srcObject = new MediaStream([got.video]);
+      if (this.peer) await this.peer.setSource("camera", got.video);
+    }
+    this.setPressed("camera", this.cameraOff, this.cameraOff ? "Start video" : "Stop video");
+    this.updateSelfFlags();
+    this.sendMediaState();
+  }
+
+  async toggleScreen() {
+    if (this.tracks.screen) return this.stopScreen();
+    let track;
+    try {
+      track = await captureScreen();
+    } catch (err) {
+      this.toast(err.message || describeError(err, "video"));
+      return;
+    }
+    if (!track) return;
+    this.tracks.screen = track;
+    track.addEventListener("ended", () => this.stopScreen());
+    if (this.peer) await this.peer.setSource("screen", track);
+    this.setPressed("screen", true, "Stop sharing");
+    this.sendMediaState();
+  }
+
+  async stopScreen() {
+    const track = this.tracks.screen;
+    if (!track) return;
+    this.tracks.screen = null;
+    track.stop();
+    if (this.peer) await this.peer.setSource("screen", null);
+    this.setPressed("screen", false, "Share screen");
+    this.sendMediaState();
+  }
+
+  showRecording(on, msg = {}) {
+    const was = this.recording;
+    this.recording = on;
+    this.q("[data-recording-badge]").hidden = !on;
+    this.setPressed("record", on, on ? "Stop recording" : "Record");
+    if (was !== undefined && was !== on) {
+      this.toast(on ? `${msg.by || "The tutor"} started recording` : msg.message || "Recording stopped");
+    }
+  }
+
+  async toggleRecording() {
+    const token = document.querySelector('meta[name="csrf-token"]').content;
+    const resp = await fetch(`/api/sessions/${this.sessionId}/recording`, {
+      method: "POST",
+      headers: { "X-CSRF-Token": token, "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: JSON.stringify({ action: this.recording ? "stop" : "start" }),
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      this.toast(body.error || "Recording could not be changed.");
+      return;
+    }
+    this.showRecording(Boolean(body.recording));
+  }
+
+  updateSelfFlags() {
+    const flags = this.q("[data-self-flags]");
+    flags.replaceChildren();
+    if (this.muted) {
+      const flag = document.createElement("span");
+      flag.className = "flag";
+      flag.textContent = "muted";
+      flags.append(flag);
+    }
+  }
+
+  async toggleFullscreen() {
+    const stage = this.q(".stage");
+    try {
+      if (document.fullscreenElement) await document.exitFullscreen();
+      else await stage.requestFullscreen();
+    } catch {
+      this.toast("Fullscreen is not available here.");
+    }
+  }
+
+  leave() {
+    this.leaving = true;
+    if (this.sig) {
+      this.sig.send({ type: "leave" });
+      this.sig.close();
+    }
+    this.teardown();
+    this.applyState("ended");
+    this.q("[data-ended-title]").textContent = "You left the call";
+    this.q("[data-ended-text]").textContent = "You can come back while the session's room is open.";
+    this.q("[data-rejoin]").hidden = false;
+  }
+
+  async endForAll() {
+    const token = document.querySelector('meta[name="csrf-token"]').content;
+    const resp = await fetch(`/api/sessions/${this.sessionId}/room/end`, {
+      method: "POST",
+      headers: { "X-CSRF-Token": token },
+      credentials: "same-origin",
+    });
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => ({}));
+      this.toast(body.error || "The call could not be ended.");
+      return;
+    }
+    this.finish("ended");
+  }
+
+  teardown() {
+    for (const timer of Object.values(this.timers)) {
+      clearTimeout(timer);
+      clearInterval(timer);
+    }
+    if (this.peer) this.peer.close();
+    this.peer = null;
+    for (const track of Object.values(this.tracks)) if (track) track.stop();
+    for (const el of this.root.querySelectorAll("audio[data-mid]")) el.remove();
+  }
+
+  finish(reason) {
+    this.leaving = true;
+    if (this.sig) this.sig.close();
+    this.teardown();
+    this.banner("");
+    this.applyState("ended");
+    if (reason === "replaced") {
+      this.q("[data-ended-title]").textContent = "You joined from another window";
+      this.q("[data-ended-text]").textContent = "The call continues there.";
+    }
+  }
+
+  fail(text) {
+    this.leaving = true;
+    if (this.sig) this.sig.close();
+    if (this.peer) this.peer.close();
+    this.peer = null;
+    this.banner("");
+    this.q("[data-failed-text]").textContent = text;
+    this.applyState("failed");
+  }
+
+  backToWaiting() {
+    if (this.sig) this.sig.close();
+    if (this.peer) this.peer.close();
+    this.peer = null;
+    this.applyState("waiting");
+    this.showPreview();
+    this.waitForOpening();
+  }
+}
+
+const root = document.getElementById("call");
+if (root) {
+  // Exposed for diagnostics and automated tests (window.pandaCall.peer.pc.getStats()).
+  window.pandaCall = new CallPage(root);
+}
