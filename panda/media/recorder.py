@@ -530,7 +530,7 @@ class SessionRecorder:
             # audio and video begin and end together.
             pending = [(f, t) for f, t in pending
                        if t >= video_start - AUDIO_LEAD or self._tracks[f.track_id].kind == "video"]
-        have = {f.track_id for f, _ in pending}
+        # Every track that delivered gets its stream, even if its early frames were left out.
         tracks = [self._tracks[i] for i in sorted(have)]
         open_file = self._open_file(group, tracks, origin=min(t for _, t in pending))
         for frame, rec_time in pending:

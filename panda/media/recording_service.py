@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +26,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from panda import keys
+from panda.config import ConfigError
 from panda.errors import Conflict, Forbidden, NotFound
 from panda.media.recorder import RecordingError, SessionRecorder, recover_recording
 from panda.media.recording_compose import read_progress, start_compose_worker
@@ -355,13 +358,30 @@ class RecordingService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def combined_options(env: Mapping[str, str]) -> tuple[tuple[int, int], int]:
+    """Picture size and frame rate of combined files: PANDA_RECORDING_COMBINED_SIZE
+    ("1280x720") and PANDA_RECORDING_COMBINED_FPS (15); ConfigError on bad values."""
+    raw_size = env.get("PANDA_RECORDING_COMBINED_SIZE", "").strip() or "1280x720"
+    match = re.fullmatch(r"(\d{2,4})x(\d{2,4})", raw_size)
+    if match is None or int(match[1]) % 2 or int(match[2]) % 2 or min(
+            int(match[1]), int(match[2])) < 64:
+        raise ConfigError("PANDA_RECORDING_COMBINED_SIZE must look like 1280x720 "
+                          f"(even numbers, at least 64), not {raw_size!r}")
+    raw_fps = env.get("PANDA_RECORDING_COMBINED_FPS", "").strip() or "15"
+    if not raw_fps.isdigit() or not 1 <= int(raw_fps) <= 60:
+        raise ConfigError(f"PANDA_RECORDING_COMBINED_FPS must be 1 to 60, not {raw_fps!r}")
+    return (int(match[1]), int(match[2])), int(raw_fps)
+
+
 RECORDINGS: web.AppKey[RecordingService] = web.AppKey("recordings", RecordingService)
 
 
 async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the service, crash recovery at start, the retention loop."""
     settings = app[keys.settings]
-    service = RecordingService(settings.recordings_dir, app[keys.sessionmaker])
+    size, fps = combined_options(os.environ)
+    service = RecordingService(settings.recordings_dir, app[keys.sessionmaker],
+                               compose_size=size, compose_fps=fps)
     settings.recordings_dir.mkdir(parents=True, exist_ok=True)
     app[RECORDINGS] = service
     try:

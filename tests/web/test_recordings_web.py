@@ -404,3 +404,18 @@ async def test_recording_stops_when_the_call_ends(world: World) -> None:
     del rooms[world.booking.id]  # the call ended: its media room is gone
     await service.check_rooms()
     assert not service.is_recording(world.booking.id)
+
+
+def test_combined_options_from_the_environment() -> None:
+    from panda.config import ConfigError
+    from panda.media.recording_service import combined_options
+
+    assert combined_options({}) == ((1280, 720), 15)
+    assert combined_options({"PANDA_RECORDING_COMBINED_SIZE": "640x360",
+                             "PANDA_RECORDING_COMBINED_FPS": "10"}) == ((640, 360), 10)
+    for env in ({"PANDA_RECORDING_COMBINED_SIZE": "big"},
+                {"PANDA_RECORDING_COMBINED_SIZE": "641x360"},
+                {"PANDA_RECORDING_COMBINED_FPS": "0"},
+                {"PANDA_RECORDING_COMBINED_FPS": "x"}):
+        with pytest.raises(ConfigError):
+            combined_options(env)
