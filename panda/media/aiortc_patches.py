@@ -185,7 +185,7 @@ def restrict_ice_to_addresses(connection: Connection, addresses: Iterable[str]) 
             return
         request_received(message, addr, protocol)
 
-    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign,assignment]
     connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
     connection.request_received = on_request  # type: ignore[method-assign]
 
@@ -321,7 +321,8 @@ class ReceiverTap:
         codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _RX + "codecs")
         rtx_ssrc: dict[int, int] = getattr(receiver, _RX + "rtx_ssrc")
         for codec in parameters.codecs:
-            codecs[codec.payloadType] = codec
+            if codec.payloadType is not None:
+                codecs[codec.payloadType] = codec
         self.codecs = [c for c in parameters.codecs if not is_rtx(c)]
         for encoding in parameters.encodings:
             if encoding.rtx:

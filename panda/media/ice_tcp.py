@@ -694,16 +694,20 @@ class IceNetwork:
         cls,
         settings: IceSettings,
         *,
+        worker_index: int | None = None,
         advertised_port: int | None = None,
         limits: IceTcpLimits | None = None,
     ) -> IceNetwork:
-        """Start the listener PANDA_ICE_TCP_PORT asks for and hook into the media layer."""
+        """Start the listener PANDA_ICE_TCP_PORT asks for and hook into the media layer.
+
+        `worker_index` defaults to `settings.worker_index` (0 when absent).
+        """
         from panda.media import ice  # the media layer, which calls the hook
 
         parse_public_ip(settings.ice_public_ip)  # fail at startup, not at the first call
         check_port_range(settings.ice_udp_ports)
         listener = IceTcpListener.from_settings(
-            settings, advertised_port=advertised_port, limits=limits
+            settings, worker_index=worker_index, advertised_port=advertised_port, limits=limits
         )
         if listener is not None:
             await listener.start()

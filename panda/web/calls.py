@@ -19,6 +19,7 @@ from panda.store.models import User
 from panda.web import call_ws
 from panda.web.auth import require_user
 from panda.web.call_ws import CALL_HUB, ROOMS, room_key
+from panda.web.call_ws import recordings_of as _recordings
 from panda.web.render import render
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,8 @@ async def call_page(request: web.Request) -> web.StreamResponse:
             "opens_at": store.opens_at(booking),
             "closes_at": store.closes_at(booking),
             "can_end": store.may_end(access),
+            "can_record": store.may_end(access) and _recordings(request.app) is not None,
+            "is_recording": _is_recording(request.app, booking.id),
             "ice_servers_json": json.dumps(list(settings.ice_servers)),
             "ws_path": f"/ws/sessions/{booking.id}/call",
         },
@@ -208,6 +211,11 @@ async def open_calls_fragment(request: web.Request) -> web.StreamResponse:
             rows = await db.execute(select(User.id, User.name).where(User.id.in_(ids)))
             names = {uid: name for uid, name in rows.all()}
     return render(request, "_call_links.html", {"bookings": bookings, "names": names})
+
+
+def _is_recording(app: web.Application, booking_id: int) -> bool:
+    service = _recordings(app)
+    return bool(service is not None and service.is_recording(booking_id))
 
 
 async def get_room(request: web.Request) -> web.Response:
@@ -264,7 +272,13 @@ async def room_stats(request: web.Request) -> web.Response:
 
 
 async def _close_call(app: web.Application, booking_id: int) -> None:
-    """Tell the participants the call ended and free its media room."""
+    """Stop its recording, tell the participants the call ended and free its media room."""
+    service = _recordings(app)
+    if service is not None:
+        try:
+            await service.stop_for_room(booking_id, "call ended")
+        except Exception:
+            log.exception("stopping the recording of session %s failed", booking_id)
     await app[CALL_HUB].end(booking_id)
     rooms = app.get(ROOMS)
     if rooms is not None:
@@ -312,10 +326,21 @@ def _create_registry(app: web.Application) -> Any:
     return RoomRegistry(config)
 
 
+async def _start_ice_network(app: web.Application) -> Any:
+    """The ICE-TCP listener and gathering options (UDP ports, public address) of the relay."""
+    try:
+        from panda.media.ice_tcp import IceNetwork
+    except ImportError:
+        return None
+    return await IceNetwork.start(app[keys.settings])
+
+
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     # Tests may install their own registry before the app starts.
     owned = ROOMS not in app
+    network = None
     if owned:
+        network = await _start_ice_network(app)
         app[ROOMS] = _create_registry(app)
     sweeper = asyncio.create_task(_sweeper(app), name="call-room-sweeper")
     try:
@@ -327,6 +352,24 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
         rooms = app.get(ROOMS)
         if owned and rooms is not None:
             await rooms.close()
+        if network is not None:
+            await network.close()
+
+
+async def _connect_recordings(app: web.Application) -> None:
+    # Runs after every cleanup_ctx has started, so both the rooms and the recorder exist.
+    service = _recordings(app)
+    if service is None:
+        return
+    rooms = app.get(ROOMS)
+    service.room_lookup = lambda booking_id: (
+        rooms.get(room_key(booking_id)) if rooms is not None else None
+    )
+
+    async def tell_the_call(booking_id: int, message: dict[str, Any]) -> None:
+        await app[CALL_HUB].broadcast(booking_id, message)
+
+    service.add_listener(tell_the_call)
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -348,4 +391,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/sessions/{session_id}/room/end", end_room, name="room_end")
     app.router.add_get("/api/sessions/{session_id}/room/stats", room_stats, name="room_stats")
     app.cleanup_ctx.append(_calls_ctx)
+    app.on_startup.append(_connect_recordings)
     app.on_shutdown.append(_close_sockets)

@@ -30,6 +30,7 @@ class CallPage {
       this.iceServers = [];
     }
     this.state = root.dataset.callState;
+    this.recording = undefined;
     this.tracks = { audio: null, video: null, screen: null };
     this.muted = false;
     this.cameraOff = false;
@@ -92,6 +93,7 @@ class CallPage {
     on("leave", () => this.leave());
     on("end", () => this.endForAll());
     on("retry", () => this.retry());
+    on("record", () => this.toggleRecording());
     for (const select of this.root.querySelectorAll("select[data-device]")) {
       select.addEventListener("change", () => this.switchDevice(select.dataset.device, select.value));
     }
@@ -323,12 +325,11 @@ class CallPage {
         return;
       case "redirect":
         return this.onRedirect(msg);
+      case "recording":
+        this.showRecording(msg.state === "started", msg);
+        return;
       case "error":
         return this.onError(msg);
-      case "recording":
-        // Handled by /static/recordings/call_record.js (button and indicator).
-        document.dispatchEvent(new CustomEvent("panda:recording", { detail: msg }));
-        return;
       default:
         return;
     }
@@ -336,6 +337,7 @@ class CallPage {
 
   onJoined(msg) {
     this.participantId = msg.participant_id;
+    this.showRecording(Boolean(msg.recording));
     this.participants = new Map((msg.participants || []).map((p) => [p.participant_id, p]));
     if (Array.isArray(msg.ice_servers)) this.iceServers = msg.ice_servers;
     if (this.peer) this.peer.close();
@@ -496,11 +498,15 @@ class CallPage {
     for (const el of this.root.querySelectorAll("[data-mid]")) {
       if (!keep.has(el.dataset.mid)) el.remove();
     }
-    const anyone = this.participants.size > 0;
     empty.hidden = grid.querySelector(".tile") !== null;
-    this.q("[data-stage-empty-text]").textContent = anyone
-      ? "Connecting to the others…"
-      : `Waiting for ${this.otherName} to join…`;
+    const others = [...this.participants.values()];
+    let text = `Waiting for ${this.otherName} to join…`;
+    if (others.length) {
+      const names = others.map((p) => p.name).join(" and ");
+      const withoutCamera = others.every((p) => p.media && p.media.video === false && !p.media.screen);
+      text = withoutCamera ? `${names} joined without a camera` : `Connecting to ${names}…`;
+    }
+    this.q("[data-stage-empty-text]").textContent = text;
   }
 
   ensureAudio(mid, track) {
@@ -583,6 +589,32 @@ class CallPage {
     this.sendMediaState();
   }
 
+  showRecording(on, msg = {}) {
+    const was = this.recording;
+    this.recording = on;
+    this.q("[data-recording-badge]").hidden = !on;
+    this.setPressed("record", on, on ? "Stop recording" : "Record");
+    if (was !== undefined && was !== on) {
+      this.toast(on ? `${msg.by || "The tutor"} started recording` : msg.message || "Recording stopped");
+    }
+  }
+
+  async toggleRecording() {
+    const token = document.querySelector('meta[name="csrf-token"]').content;
+    const resp = await fetch(`/api/sessions/${this.sessionId}/recording`, {
+      method: "POST",
+      headers: { "X-CSRF-Token": token, "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: JSON.stringify({ action: this.recording ? "stop" : "start" }),
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      this.toast(body.error || "Recording could not be changed.");
+      return;
+    }
+    this.showRecording(Boolean(body.recording));
+  }
+
   updateSelfFlags() {
     const flags = this.q("[data-self-flags]");
     flags.replaceChildren();
@@ -613,7 +645,8 @@ class CallPage {
     this.teardown();
     this.applyState("ended");
     this.q("[data-ended-title]").textContent = "You left the call";
-    this.q("[data-ended-text]").textContent = "You can rejoin from your dashboard while the session is open.";
+    this.q("[data-ended-text]").textContent = "You can come back while the session's room is open.";
+    this.q("[data-rejoin]").hidden = false;
   }
 
   async endForAll() {
