@@ -83,11 +83,13 @@ async def test_recording_urls_refuse_everyone_else(world: World) -> None:
             f"/recordings/{recording.id}/combined", f"/recordings/{recording.id}/progress",
             f"/api/recordings/{recording.id}"]
 
-    # Logged out: API 401, media not served (pages send to the login form).
+    # Logged out: media 404, API 401, pages send to the login form.
     for url in urls:
         resp = await client.get(url, allow_redirects=False)
         if url.startswith("/api/"):
             assert resp.status == 401
+        elif "/files/" in url or url.endswith("/combined"):
+            assert resp.status == 404
         else:
             assert resp.status == 303 and resp.headers["Location"].startswith("/login")
     for who in (world.other_tutor, world.student):
