@@ -353,7 +353,10 @@ class SessionRecorder:
                     self._finish_file(record)
             final_state = "failed" if self.error else "stopped"
             self.state = final_state
-            self._write_manifest()
+            try:
+                self._write_manifest()
+            except OSError as exc:  # the disk that failed the recording may fail this too
+                log.warning("manifest of %s not written: %s", self.directory, exc)
             self._result = self._make_result(final_state)
             return self._result
 

@@ -27,13 +27,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from panda import keys
 from panda.config import ConfigError
-from panda.errors import Conflict, Forbidden, NotFound
+from panda.errors import Conflict, Forbidden, NotFound, PandaError
 from panda.media.recorder import RecordingError, SessionRecorder, recover_recording
 from panda.media.recording_compose import read_progress, start_compose_worker
 from panda.store import recordings as store
 from panda.store.models import Booking, Recording, User
 
-__all__ = ["RECORDINGS", "ActiveRecording", "RecordingService", "recordings_ctx"]
+__all__ = [
+    "RECORDINGS",
+    "ActiveRecording",
+    "RecordingService",
+    "RecordingUnavailable",
+    "combined_options",
+    "recordings_ctx",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,12 @@ ROOM_CHECK_INTERVAL = 2.0
 
 Listener = Callable[[int, dict[str, Any]], Awaitable[None]]
 RoomLookup = Callable[[int], Any]
+
+
+class RecordingUnavailable(PandaError):
+    """Recording cannot run right now (the server cannot write files)."""
+
+    status = 503
 
 
 @dataclass
@@ -135,7 +148,18 @@ class RecordingService:
             def on_error(error: RecordingError) -> None:
                 self._spawn(self._stop_after_error(booking_id, str(error)))
 
-            recorder = SessionRecorder(self.recordings_dir / directory, on_error=on_error)
+            try:
+                recorder = SessionRecorder(self.recordings_dir / directory, on_error=on_error)
+            except OSError as exc:
+                async with self.sessionmaker() as db:
+                    row = await db.get(Recording, recording.id)
+                    if row is not None:
+                        row.status = "failed"
+                        row.error = f"could not start writing: {exc}"
+                        row.ended_at = row.started_at
+                        await db.commit()
+                raise RecordingUnavailable(
+                    "The recording could not start: the server cannot write its files.") from exc
 
             def factory(participant_id: str, kind: str, source: str, codec: str) -> Any:
                 participant = getattr(room, "participants", {}).get(participant_id)

@@ -421,3 +421,58 @@ def test_combined_options_from_the_environment() -> None:
                 {"PANDA_RECORDING_COMBINED_FPS": "x"}):
         with pytest.raises(ConfigError):
             combined_options(env)
+
+
+async def test_write_error_stops_the_recording_and_tells_the_call(world: World) -> None:
+    service = world.app[RECORDINGS]
+    room = FakeRoom()
+    service.room_lookup = {world.booking.id: room}.get
+    events: list[dict[str, Any]] = []
+    told = asyncio.Event()
+
+    async def listener(booking_id: int, message: dict[str, Any]) -> None:
+        events.append(message)
+        if message["state"] != "started":
+            told.set()
+
+    service.add_listener(listener)
+    recording = await service.start(world.booking.id, world.tutor)
+    # The disk goes away under the recording: its directory is no longer a directory.
+    directory = service.directory_of(recording)
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")
+    sink = room.factories[0](str(world.tutor.id), "audio", "microphone", "audio/opus")
+    for frame in encode_opus(440.0, 0.5):
+        sink.on_frame(make_packet(frame, AUDIO_TIME_BASE, 0), keyframe=True,
+                      arrival=time.monotonic())
+    await asyncio.wait_for(told.wait(), 30)
+    assert not service.is_recording(world.booking.id)
+    assert events[-1]["state"] == "failed"
+    assert "could not write" in events[-1]["message"]
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None and row.status == "failed" and row.error
+    directory.unlink()
+
+
+async def test_recording_that_cannot_start_is_a_clear_503(world: World) -> None:
+    service = world.app[RECORDINGS]
+    service.room_lookup = {world.booking.id: FakeRoom()}.get
+    blocked = service.recordings_dir
+    service.recordings_dir = blocked / "not-a-dir"
+    service.recordings_dir.write_text("")  # where the files should go is a plain file
+    try:
+        client = world.client
+        await login(client, world.tutor.email)
+        page = await (await client.get("/recordings")).text()
+        token = page.split('name="csrf_token" value="')[1].split('"')[0]
+        resp = await client.post(f"/api/sessions/{world.booking.id}/recording",
+                                 json={"action": "start"}, headers={"X-CSRF-Token": token})
+        assert resp.status == 503 and "could not start" in (await resp.json())["error"]
+        assert not service.is_recording(world.booking.id)
+        async with world.app[keys.sessionmaker]() as db:
+            rows = (await db.execute(select(Recording))).scalars().all()
+            assert [r.status for r in rows] == ["failed"]
+    finally:
+        service.recordings_dir.unlink()
+        service.recordings_dir = blocked
