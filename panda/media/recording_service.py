@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -48,6 +49,11 @@ COMBINED_NAME = "combined.webm"
 PROGRESS_NAME = "combined-progress.json"
 RETENTION_INTERVAL = 3600.0
 ROOM_CHECK_INTERVAL = 2.0
+# A recording is taken for abandoned when its files have not changed for this long.
+RECOVER_IDLE = 30.0
+RECOVER_INTERVAL = 60.0
+# ... and a combined file when its progress file has not changed for this long.
+COMBINED_IDLE = 300.0
 
 Listener = Callable[[int, dict[str, Any]], Awaitable[None]]
 RoomLookup = Callable[[int], Any]
@@ -86,6 +92,7 @@ class RecordingService:
     _listeners: list[Listener] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _building: set[int] = field(default_factory=set)
 
     # ----- helpers -------------------------------------------------------------------------
 
@@ -111,7 +118,7 @@ class RecordingService:
 
     async def wait_background(self) -> None:
         """Wait until the background work started so far (stops, combined files) is done."""
-        loops = ("recording-retention", "recording-rooms")
+        loops = ("recording-retention", "recording-rooms", "recording-recover")
         while pending := [t for t in self._tasks if t.get_name() not in loops]:
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -236,14 +243,23 @@ class RecordingService:
 
     async def build_combined(self, recording_id: int) -> None:
         """Build the combined file in a low-priority worker process, tracking its progress."""
-        async with self.sessionmaker() as db:
-            recording = await db.get(Recording, recording_id)
-            if recording is None:
-                return
-            directory = self.directory_of(recording)
-            recording.combined_status = "running"
-            recording.combined_progress = 0.0
-            await db.commit()
+        if recording_id in self._building:
+            return
+        self._building.add(recording_id)
+        try:
+            async with self.sessionmaker() as db:
+                recording = await db.get(Recording, recording_id)
+                if recording is None:
+                    return
+                directory = self.directory_of(recording)
+                recording.combined_status = "running"
+                recording.combined_progress = 0.0
+                await db.commit()
+            await self._build_combined(recording_id, directory)
+        finally:
+            self._building.discard(recording_id)
+
+    async def _build_combined(self, recording_id: int, directory: Path) -> None:
         progress_file = directory / PROGRESS_NAME
         width, height = self.compose_size
         process = await start_compose_worker(
@@ -288,14 +304,21 @@ class RecordingService:
                 recording.combined_progress = max(0.0, min(1.0, progress))
                 await db.commit()
 
-    async def recover(self) -> list[int]:
-        """At start: recordings left ``recording`` by a crash are checked, remuxed and marked
-        ``interrupted`` with their real duration; their combined file is built."""
+    async def recover(self, *, min_idle: float = RECOVER_IDLE) -> list[int]:
+        """Recordings left ``recording`` by a crash are checked, remuxed and marked
+        ``interrupted`` with their real duration; their combined file is built.
+
+        Runs at start and then now and again. A recording whose files changed in the last
+        ``min_idle`` seconds is left alone: another server process may be writing it.
+        """
+        running = {a.recording_id for a in self._active.values()}
         async with self.sessionmaker() as db:
             left = await store.active_recordings(db)
             recovered: list[int] = []
             for recording in left:
                 directory = self.directory_of(recording)
+                if recording.id in running or _recently_changed(directory, min_idle):
+                    continue
                 if directory.exists():
                     result = await asyncio.to_thread(recover_recording, directory)
                     # It ended when its last file did, not now.
@@ -307,12 +330,27 @@ class RecordingService:
                 await store.audit(db, None, "recording.recovered", recording.id,
                                   {"duration": recording.duration_seconds})
                 recovered.append(recording.id)
-            # Combined files a stopped server never finished are built again.
-            unfinished = await store.unfinished_combined(db)
+            # Combined files a stopped server never finished are built again (unless a worker
+            # of another process is still reporting progress on it).
+            unfinished = [
+                r for r in await store.unfinished_combined(db)
+                if r.id not in recovered and r.id not in self._building
+                and not _recently_changed(self.directory_of(r), COMBINED_IDLE, PROGRESS_NAME)
+            ]
+            for row in unfinished:
+                row.combined_status = "pending"
             await db.commit()
-        for recording_id in [*recovered, *(r.id for r in unfinished if r.id not in recovered)]:
+        for recording_id in [*recovered, *(r.id for r in unfinished)]:
             self._spawn(self.build_combined(recording_id), "recording-combined")
         return recovered
+
+    async def _recover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECOVER_INTERVAL)
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("recovering recordings failed")
 
     async def delete(self, recording: Recording, *, actor_id: int | None, reason: str) -> None:
         """Delete a recording's files and row, and log it (the caller commits)."""
@@ -397,6 +435,21 @@ def combined_options(env: Mapping[str, str]) -> tuple[tuple[int, int], int]:
     return (int(match[1]), int(match[2])), int(raw_fps)
 
 
+def _recently_changed(directory: Path, seconds: float, name: str | None = None) -> bool:
+    """True if a file in ``directory`` (or just ``name``) changed in the last ``seconds``."""
+    if seconds <= 0 or not directory.is_dir():
+        return False
+    now = time.time()
+    paths = [directory / name] if name else list(directory.iterdir())
+    for path in paths:
+        try:
+            if now - path.stat().st_mtime < seconds:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 RECORDINGS: web.AppKey[RecordingService] = web.AppKey("recordings", RecordingService)
 
 
@@ -414,5 +467,6 @@ async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
         log.exception("recording recovery failed")
     service._spawn(service._retention_loop(), "recording-retention")
     service._spawn(service._watch_rooms(), "recording-rooms")
+    service._spawn(service._recover_loop(), "recording-recover")
     yield
     await service.close()
