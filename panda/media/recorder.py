@@ -353,7 +353,10 @@ class SessionRecorder:
                     self._finish_file(record)
             final_state = "failed" if self.error else "stopped"
             self.state = final_state
-            self._write_manifest()
+            try:
+                self._write_manifest()
+            except OSError as exc:  # the disk that failed the recording may fail this too
+                log.warning("manifest of %s not written: %s", self.directory, exc)
             self._result = self._make_result(final_state)
             return self._result
 
@@ -530,7 +533,7 @@ class SessionRecorder:
             # audio and video begin and end together.
             pending = [(f, t) for f, t in pending
                        if t >= video_start - AUDIO_LEAD or self._tracks[f.track_id].kind == "video"]
-        have = {f.track_id for f, _ in pending}
+        # Every track that delivered gets its stream, even if its early frames were left out.
         tracks = [self._tracks[i] for i in sorted(have)]
         open_file = self._open_file(group, tracks, origin=min(t for _, t in pending))
         for frame, rec_time in pending:

@@ -939,6 +939,9 @@ class Room:
             logger.exception("sink factory failed for %s/%s", pub.participant.id, pub.mid)
             return
         if sink is not None:
+            if hasattr(sink, "request_keyframe"):
+                # A sink that can wait for a keyframe mid-track (the recorder) may ask for one.
+                sink.request_keyframe = pub.fanout.request_keyframe
             pub.fanout.add_sink(sink)
             self._sinks.setdefault(factory, []).append((pub, sink))
 

@@ -355,7 +355,10 @@ async def _serve(request: web.Request, path: Path, download_name: str) -> web.St
 
 
 async def _media(request: web.Request, *, combined: bool) -> web.StreamResponse:
-    user = require_user(request)
+    user = request.get(keys.user)
+    if user is None:
+        # Media URLs are not pages: no login redirect, nothing revealed.
+        raise NotFound("This file is not available.")
     recording_id = _recording_id(request)
     students_can_view = await _students_can_view(request)
     async with request.app[keys.sessionmaker]() as db:

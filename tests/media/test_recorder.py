@@ -428,3 +428,24 @@ async def test_recorder_asks_for_keyframes_when_it_waits_for_one(tmp_path: Path)
     new.on_end()
     result = await recorder.stop()
     assert calls and result.files[0].tracks[0]["frames"] == 60
+
+
+def test_audio_long_before_the_first_keyframe_stays_in_one_file(tmp_path: Path) -> None:
+    # In a real call the sound flows at once and the picture waits for a keyframe.
+    video = encode_vp8(RED, 3.0)
+    audio = encode_opus(440.0, 3.4)
+    recorder = SessionRecorder(tmp_path, start=START)
+    _feed(recorder, "tutor", video, audio, video_offset=0.4, seed=5)
+    result = recorder.stop_blocking()
+    assert [f.name for f in result.files] == ["tutor-main-00.webm"]
+    assert [t["kind"] for t in result.files[0].tracks] == ["video", "audio"]
+    path = tmp_path / result.files[0].name
+    recorded_video = _packets(path, "video")
+    recorded_audio = _packets(path, "audio")
+    assert [bytes(p) for p in recorded_video] == [f.data for f in video]
+    skipped = len(audio) - len(recorded_audio)
+    assert 18 <= skipped <= 21  # the 0.4 s before the picture
+    assert [bytes(p) for p in recorded_audio] == [f.data for f in audio[skipped:]]
+    check = check_file(path)
+    assert abs(check.streams[0].start - check.streams[1].start) < 0.03
+    assert abs(check.streams[0].end - check.streams[1].end) < 0.1

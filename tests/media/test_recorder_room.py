@@ -34,6 +34,10 @@ async def test_call_between_clients_is_recorded_byte_identical(
         await student.join(room)
         await student.publish()
         room.add_sink_factory(recorder.sink_factory)  # existing tracks get sinks now
+        sinks = list(recorder._sinks.values())
+        assert len(sinks) == 4
+        # The room lets the recorder ask a publisher for a keyframe when it needs one.
+        assert all(s.request_keyframe is not None for s in sinks)
 
         def recorded_enough() -> bool:
             return all(
