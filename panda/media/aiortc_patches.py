@@ -19,7 +19,7 @@ from typing import Any
 from aioice import Candidate, Connection
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from aiortc.rtp import (
@@ -185,7 +185,7 @@ def restrict_ice_to_addresses(connection: Connection, addresses: Iterable[str]) 
             return
         request_received(message, addr, protocol)
 
-    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign,assignment]
     connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
     connection.request_received = on_request  # type: ignore[method-assign]
 
@@ -321,7 +321,8 @@ class ReceiverTap:
         codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _RX + "codecs")
         rtx_ssrc: dict[int, int] = getattr(receiver, _RX + "rtx_ssrc")
         for codec in parameters.codecs:
-            codecs[codec.payloadType] = codec
+            if codec.payloadType is not None:
+                codecs[codec.payloadType] = codec
         self.codecs = [c for c in parameters.codecs if not is_rtx(c)]
         for encoding in parameters.encodings:
             if encoding.rtx:
@@ -348,6 +349,10 @@ def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
     if getattr(receiver, _RX + "started"):
         raise RuntimeError("tap_receiver() must run before the receiver starts")
     tap = ReceiverTap(receiver)
+    if getattr(receiver, _RX + "kind") == "audio":
+        # aiortc holds 4 audio frames (80 ms) back before decoding; a relay has no
+        # playout to smooth (the browser's own jitter buffer does that): forward at once.
+        setattr(receiver, _RX + "jitter_buffer", JitterBuffer(capacity=16, prefetch=0))
     setattr(receiver, _RX + "decoder_queue", _TapQueue(tap))
     # Stopping the "decoder" (BYE, DTLS close, stop()) must not end the tap: the room
     # decides when a publication ends.

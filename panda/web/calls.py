@@ -326,10 +326,21 @@ def _create_registry(app: web.Application) -> Any:
     return RoomRegistry(config)
 
 
+async def _start_ice_network(app: web.Application) -> Any:
+    """The ICE-TCP listener and gathering options (UDP ports, public address) of the relay."""
+    try:
+        from panda.media.ice_tcp import IceNetwork
+    except ImportError:
+        return None
+    return await IceNetwork.start(app[keys.settings])
+
+
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     # Tests may install their own registry before the app starts.
     owned = ROOMS not in app
+    network = None
     if owned:
+        network = await _start_ice_network(app)
         app[ROOMS] = _create_registry(app)
     sweeper = asyncio.create_task(_sweeper(app), name="call-room-sweeper")
     try:
@@ -341,6 +352,8 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
         rooms = app.get(ROOMS)
         if owned and rooms is not None:
             await rooms.close()
+        if network is not None:
+            await network.close()
 
 
 async def _connect_recordings(app: web.Application) -> None:

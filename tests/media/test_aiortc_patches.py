@@ -92,7 +92,8 @@ async def test_private_attributes_exist_on_live_objects() -> None:
         transceiver = pc.addTransceiver("video", direction="recvonly")
         receiver, sender = transceiver.receiver, transceiver.sender
         for name in ("started", "codecs", "rtx_ssrc", "decoder_queue", "decoder_thread",
-                     "remote_streams", "rtcp_ssrc", "rtcp_task", "transport"):
+                     "remote_streams", "rtcp_ssrc", "rtcp_task", "transport", "kind",
+                     "jitter_buffer"):
             assert hasattr(receiver, f"_RTCRtpReceiver__{name}"), name
         for name in ("_run_rtcp", "_send_rtcp", "_send_rtcp_pli", "_handle_rtp_packet"):
             assert callable(getattr(receiver, name)), name
@@ -167,6 +168,21 @@ async def test_tap_receives_encoded_frames_without_decoding(
     finally:
         await send_pc.close()
         await recv_pc.close()
+
+
+async def test_audio_tap_forwards_without_prefetch() -> None:
+    pc = create_peer_connection(LOOPBACK)
+    try:
+        audio = pc.addTransceiver("audio").receiver
+        video = pc.addTransceiver("video").receiver
+        source = inspect.getsource(RTCRtpReceiver.__init__)
+        assert "JitterBuffer(capacity=16, prefetch=4)" in source
+        aiortc_patches.tap_receiver(audio)
+        aiortc_patches.tap_receiver(video)
+        assert audio._RTCRtpReceiver__jitter_buffer._prefetch == 0
+        assert video._RTCRtpReceiver__jitter_buffer._is_video  # video keeps aiortc's buffer
+    finally:
+        await pc.close()
 
 
 async def test_tap_must_be_installed_before_start() -> None:

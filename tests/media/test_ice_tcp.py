@@ -528,3 +528,19 @@ async def test_internals_check_notices_a_change(monkeypatch: pytest.MonkeyPatch)
     assert "send_data" not in inspect.getsource(aioice.Connection.sendto)
     with pytest.raises(RuntimeError, match="sendto"):
         patches.check_internals()
+
+
+@pytest.mark.parametrize("session", [ice_tcp.IceTcpLimits(rto_max_ms=1500)], indirect=True)
+async def test_accepted_streams_cap_the_retransmission_timeout(session: Session) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_TCP, ice_tcp.TCP_RTO_MAX_MS, 1000)
+        except OSError:
+            pytest.skip("kernel without TCP_RTO_MAX_MS (Linux < 6.15)")
+    _reader, writer, _ = await handshake(session)
+    (stream,) = session.listener._streams
+    assert stream.transport is not None
+    sock = stream.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, ice_tcp.TCP_RTO_MAX_MS) == 1500
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    writer.close()
