@@ -341,4 +341,4 @@ async def test_record_button_only_for_tutor_and_admin(client: TestClient, make_u
     await login(client, tutor.email)
     html = await (await client.get(f"/sessions/{booking.id}/call")).text()
     assert 'data-action="record"' in html
-    assert 'data-recording="false"' in html
+    assert "/static/recordings/call_record.js" in html
