@@ -55,7 +55,7 @@ def _money(raw: str, name: str, errors: dict[str, str]) -> int | None:
     except ValueError:
         errors[name] = "Enter an amount like 25 or 25.50."
         return None
-    if value < 0 or value > 100_000:
+    if not 0 <= value <= 100_000:  # also refuses nan
         errors[name] = "Enter an amount between 0 and 100000."
         return None
     return round(value * 100)
