@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -164,7 +164,7 @@ class KeyframeRequester:
 class FrameSink(Protocol):
     """Receives every whole encoded frame a fanout forwards (the recorder implements it)."""
 
-    def on_frame(self, packet: av.Packet, *, keyframe: bool, arrival: float) -> None: ...
+    def on_frame(self, packet: av.Packet[Any], *, keyframe: bool, arrival: float) -> None: ...
 
     def on_end(self) -> None: ...
 
@@ -181,7 +181,7 @@ class ForwardingTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self._fanout = fanout
-        self._frames: deque[av.Packet] = deque()
+        self._frames: deque[av.Packet[Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.max_queue = max_queue
         self.reading = False
@@ -191,10 +191,29 @@ class ForwardingTrack(MediaStreamTrack):
         self.overflows = 0
         self.keyframe_requests = 0
         self.remb: int | None = None
+        # Timestamps continue across a change of source (see attach()).
+        self._pts_offset = 0
+        self._last_pts: int | None = None
+        self._rebase = False
 
     @property
     def fanout(self) -> Fanout | None:
         return self._fanout
+
+    def attach(self, fanout: Fanout) -> None:
+        """Forward another publication from now on (reusing this track and its sender).
+
+        The new source's timestamps start anywhere; they are shifted to continue just
+        after the last frame sent, as the receiver sees one stream on one SSRC.
+        """
+        if self._fanout is not None:
+            self.detach()
+        self.needs_keyframe = self.kind == "video"
+        self.remb = None
+        self._rebase = True
+        fanout._add_track(self)
+        if self.reading and self._fanout is not None:
+            fanout._on_track_reading(self)
 
     def queued(self) -> int:
         return len(self._frames)
@@ -204,7 +223,7 @@ class ForwardingTrack(MediaStreamTrack):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _put(self, packet: av.Packet) -> None:
+    def _put(self, packet: av.Packet[Any]) -> None:
         self._frames.append(packet)
         self._wake()
 
@@ -212,7 +231,7 @@ class ForwardingTrack(MediaStreamTrack):
         self.frames_dropped += len(self._frames)
         self._frames.clear()
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet[Any]:
         """Next encoded frame; waits (without limit) while the publisher is silent."""
         if not self.reading:
             self.reading = True
@@ -229,7 +248,19 @@ class ForwardingTrack(MediaStreamTrack):
             finally:
                 self._waiter = None
         self.frames_forwarded += 1
-        return frames.popleft()
+        packet = frames.popleft()
+        if self._rebase:
+            self._rebase = False
+            if self._last_pts is not None and packet.pts is not None:
+                step = _frame_step(self.kind, packet.time_base)
+                self._pts_offset = self._last_pts + step - packet.pts
+        if self._pts_offset and packet.pts is not None:
+            shifted = av.Packet(bytes(packet))
+            shifted.pts = shifted.dts = packet.pts + self._pts_offset
+            shifted.time_base = packet.time_base
+            packet = shifted
+        self._last_pts = packet.pts
+        return packet
 
     def request_keyframe(self) -> None:
         """The subscriber lost a picture (PLI/FIR): ask the publisher, throttled."""
@@ -288,9 +319,7 @@ class Fanout:
         self._sinks: list[FrameSink] = []
         self._on_bitrate_limit = on_bitrate_limit
         self.bitrate_limit: int | None = None
-        self.requester = requester or KeyframeRequester(
-            request_keyframe, pending=self._any_waiting
-        )
+        self.requester = requester or KeyframeRequester(request_keyframe, pending=self._any_waiting)
         self.frames_in = 0
         self.keyframes_in = 0
         self.bytes_in = 0
@@ -318,6 +347,13 @@ class Fanout:
         else:
             track._fanout = None
         return track
+
+    def _add_track(self, track: ForwardingTrack) -> None:
+        if not self.ended and track not in self._tracks:
+            track._fanout = self
+            self._tracks.append(track)
+            if track.remb is not None:
+                self._on_remb_changed()
 
     def _on_track_reading(self, track: ForwardingTrack) -> None:
         if track.needs_keyframe and not self.ended:
@@ -435,6 +471,12 @@ class Fanout:
             "subscribers": len(self._tracks),
             "frames_forwarded": sum(t.frames_forwarded for t in self._tracks),
         }
+
+
+def _frame_step(kind: str, time_base: fractions.Fraction) -> int:
+    """One frame's duration in ``time_base`` units (30 fps video, 20 ms audio)."""
+    seconds = fractions.Fraction(1, 30) if kind == "video" else fractions.Fraction(1, 50)
+    return max(1, int(seconds / time_base))
 
 
 def _end_sink(sink: FrameSink) -> None:

@@ -42,12 +42,19 @@ VIDEO_MIMES = ("video/vp8", "video/h264")  # in order of preference
 SOURCES = ("camera", "microphone", "screen")
 MAX_MEDIA_SECTIONS = 32
 MAX_PENDING_CANDIDATES = 64
-INITIAL_OFFER_DELAY = 1.0  # let a joining browser's own offer arrive first (avoids glare)
+# A joining browser normally offers first (its tracks); the server offers on its own only
+# after this delay (a receive-only browser that never offers), which avoids glare.
+INITIAL_OFFER_DELAY = 1.0
 CLOSE_TIMEOUT = 10.0
 MEDIA_TIMEOUT = 15.0  # no packet at all from a connected participant this long = vanished
 
-_STATE_MAP = {"new": "connecting", "connecting": "connecting", "connected": "connected",
-              "failed": "failed", "closed": "closed"}
+_STATE_MAP = {
+    "new": "connecting",
+    "connecting": "connecting",
+    "connected": "connected",
+    "failed": "failed",
+    "closed": "closed",
+}
 
 
 @dataclass(eq=False)
@@ -126,7 +133,7 @@ def parse_sdp(text: Any, kind: str) -> aiortc_sdp.SessionDescription:
         if mid in mids:
             raise _sdp_error(f"duplicate mid {mid!r}")
         mids.add(mid)
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise _sdp_error("ICE username fragment or password missing")
         if media.dtls is None or not media.dtls.fingerprints:
             raise _sdp_error("DTLS fingerprint missing")
@@ -167,6 +174,7 @@ class Participant:
         self._retired: list[Subscription] = []
         self._sub_transceivers: set[RTCRtpTransceiver] = set()  # added by the server
         self._sending: set[RTCRtpTransceiver] = set()  # carrying an active subscription
+        self._attach_after_answer: list[tuple[ForwardingTrack, Fanout]] = []
         self._offer_outstanding = False
         self._renegotiate_wanted = False
         self._renegotiation_task: asyncio.Task[None] | None = None
@@ -209,6 +217,10 @@ class Participant:
             await self._handle_candidate(msg.get("candidate"))
         else:
             raise SignalError("bad-message", f"unsupported message type {kind!r}")
+
+    async def leave(self) -> None:
+        """Leave the room; a no-op for the room if a reconnect already replaced us."""
+        await self.room.leave(self.id, only=self)
 
     def stats(self) -> dict[str, Any]:
         """Live figures for the admin stats API."""
@@ -253,7 +265,9 @@ class Participant:
             "ice_state": self.pc.iceConnectionState,
             "connection_state": self.pc.connectionState,
             "publications": [
-                {"mid": p.mid, "kind": p.kind, "source": p.source, "codec": p.codec.mimeType}
+                {"mid": p.mid, "kind": p.kind, "source": p.source, "codec": p.codec.mimeType,
+                 "subscribers": len(p.fanout.tracks),
+                 "bitrate_limit": p.fanout.bitrate_limit, "remb_sent": p.tap.last_remb_sent}
                 for p in self._publications.values()
             ],
             "subscriptions": len(self._subscriptions),
@@ -263,7 +277,8 @@ class Participant:
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._initial_timer = loop.call_later(INITIAL_OFFER_DELAY, self._initial_offer)
+        self._initial_timer = loop.call_later(
+            self.room.registry.initial_offer_delay, self._initial_offer)
         self._spawn(self._watch_liveness(self.room.registry.media_timeout))
         self._spawn(self._pump())
 
@@ -278,7 +293,8 @@ class Participant:
             rx = aiortc_patches.transport_counters(self.pc)[0]
             now = time.monotonic()
             active = self.pc.connectionState == "connected" and bool(
-                self._publications or self._subscriptions)
+                self._publications or self._subscriptions
+            )
             if rx != last_rx or not active:
                 last_rx, last_change = rx, now
             elif now - last_change > silence:
@@ -383,8 +399,10 @@ class Participant:
             if media.kind == "application" or media.rtp.muxId in sub_mids:
                 continue
             if media.port == 0:
-                raise _sdp_error("rejected or stopped media sections are not supported; "
-                                 "use removeTrack instead of stopping a transceiver")
+                raise _sdp_error(
+                    "rejected or stopped media sections are not supported; "
+                    "use removeTrack instead of stopping a transceiver"
+                )
             mimes = aiortc_patches.common_codec_mimes(media.kind, media.rtp.codecs)
             if media.kind == "audio":
                 if AUDIO_MIME not in mimes:
@@ -493,8 +511,9 @@ class Participant:
         cameras = [p for p in self._publications.values() if p.source == "camera" and p.mid != mid]
         return "screen" if cameras else "camera"
 
-    def _publish(self, transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters,
-                 source: str) -> Publication:
+    def _publish(
+        self, transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters, source: str
+    ) -> Publication:
         tap = self._taps.get(transceiver) or aiortc_patches.tap_receiver(transceiver.receiver)
         self._taps[transceiver] = tap
 
@@ -515,8 +534,9 @@ class Participant:
             on_bitrate_limit=on_bitrate_limit,
         )
         assert transceiver.mid is not None
-        pub = Publication(self, transceiver.mid, transceiver.kind, source, codec, transceiver,
-                          tap, fanout)
+        pub = Publication(
+            self, transceiver.mid, transceiver.kind, source, codec, transceiver, tap, fanout
+        )
         tap.on_frame = pub.on_frame
         self._publications[pub.mid] = pub
         self.room._attach_sinks(pub)
@@ -551,6 +571,10 @@ class Participant:
                 raise SignalError("bad-sdp", f"answer rejected, connection reset: {exc}") from exc
             self._offer_outstanding = False
             self._learn_remote(description)
+            attach, self._attach_after_answer = self._attach_after_answer, []
+            for track, fanout in attach:
+                if track.readyState == "live":
+                    track.attach(fanout)
             await self._apply_pending_candidates()
             again = self._renegotiate_wanted
             self._renegotiate_wanted = False
@@ -609,13 +633,14 @@ class Participant:
                     self._extmap[ext.uri] = ext.id
             base: dict[int, tuple[Any, ...]] = {}
             for codec in media.rtp.codecs:
-                if not is_rtx(codec):
+                if not is_rtx(codec) and codec.payloadType is not None:
                     key = _codec_key(codec)
                     base[codec.payloadType] = key
                     self._payload_types.setdefault(key, codec.payloadType)
             for codec in media.rtp.codecs:
                 apt = codec.parameters.get("apt")
-                if is_rtx(codec) and apt in base:
+                if is_rtx(codec) and isinstance(apt, int) and apt in base and (
+                        codec.payloadType is not None):
                     self._payload_types.setdefault(("rtx", *base[apt]), codec.payloadType)
 
     async def _create_offer(self) -> str:
@@ -666,28 +691,31 @@ class Participant:
         renumbered: dict[int, int] = {}
         result = []
         for codec in codecs:
-            if is_rtx(codec):
+            original = codec.payloadType
+            if is_rtx(codec) or original is None:
                 continue
             codec = copy.deepcopy(codec)
             key = _codec_key(codec)
             pt = self._payload_types.get(key)
             if pt is None:
-                pt = codec.payloadType if codec.payloadType not in taken else _free_pt(taken)
+                pt = original if original not in taken else _free_pt(taken)
                 self._payload_types[key] = pt
                 taken.add(pt)
-            renumbered[codec.payloadType] = pt
+            renumbered[original] = pt
             codec.payloadType = pt
             result.append(codec)
         for codec in codecs:
             apt = codec.parameters.get("apt")
-            if not is_rtx(codec) or apt not in renumbered:
+            if not is_rtx(codec) or not isinstance(apt, int) or apt not in renumbered:
                 continue
             codec = copy.deepcopy(codec)
             base_key = next(k for k, v in self._payload_types.items() if v == renumbered[apt])
             key = ("rtx", *base_key)
             pt = self._payload_types.get(key)
             if pt is None:
-                pt = codec.payloadType if codec.payloadType not in taken else _free_pt(taken)
+                pt = codec.payloadType
+                if pt is None or pt in taken:
+                    pt = _free_pt(taken)
                 self._payload_types[key] = pt
                 taken.add(pt)
             codec.payloadType = pt
@@ -711,7 +739,9 @@ class Participant:
         changed = False
         for pub, sub in list(self._subscriptions.items()):
             if pub not in desired or pub.fanout.ended:
-                sub.track.stop()
+                # The track idles (its sender stays alive) so a later subscription of
+                # the same kind can reuse this m-line instead of adding one.
+                sub.track.detach()
                 del self._subscriptions[pub]
                 self._sending.discard(sub.transceiver)
                 self._set_direction(sub.transceiver)
@@ -719,6 +749,17 @@ class Participant:
                 changed = True
         for pub in desired:
             if pub in self._subscriptions or pub.fanout.ended:
+                continue
+            reusable = self._reusable_subscription(pub)
+            if reusable is not None:
+                self._retired.remove(reusable)
+                # Attached once the answer re-enables the sender: a keyframe read while
+                # it is still disabled would be dropped.
+                self._attach_after_answer.append((reusable.track, pub.fanout))
+                self._sending.add(reusable.transceiver)
+                self._set_direction(reusable.transceiver)
+                self._subscriptions[pub] = Subscription(pub, reusable.transceiver, reusable.track)
+                changed = True
                 continue
             track = pub.fanout.subscribe()
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
@@ -734,6 +775,15 @@ class Participant:
             changed = True
         return changed
 
+    def _reusable_subscription(self, pub: Publication) -> Subscription | None:
+        mime = pub.codec.mimeType.lower()
+        for sub in self._retired:
+            codecs = aiortc_patches.transceiver_codecs(sub.transceiver)
+            if (sub.transceiver.kind == pub.kind and sub.track.readyState == "live"
+                    and codecs and codecs[0].mimeType.lower() == mime):
+                return sub
+        return None
+
     async def _renegotiate(self) -> None:
         async with self._lock:
             if self.closed:
@@ -743,8 +793,16 @@ class Participant:
                 return
             if not self._update_subscriptions():
                 return
-            offer_sdp = await self._create_offer()
-            await self.pc.setLocalDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            try:
+                offer_sdp = await self._create_offer()
+                await self.pc.setLocalDescription(
+                    RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            except Exception:
+                # aiortc cannot roll back a half-applied local offer: start this
+                # participant over (the page rejoins with a new connection).
+                logger.exception("participant %s: re-offer failed", self.id)
+                self._vanish("failed")
+                return
             self._offer_outstanding = True
             tracks = {
                 sub.transceiver.mid: {
@@ -756,8 +814,9 @@ class Participant:
                 if sub.transceiver.mid is not None
             }
             self.offers_sent += 1
-            await self._deliver({"type": "offer", "sdp": self.pc.localDescription.sdp,
-                                 "tracks": tracks})
+            await self._deliver(
+                {"type": "offer", "sdp": self.pc.localDescription.sdp, "tracks": tracks}
+            )
 
 
 class Room:
@@ -778,25 +837,41 @@ class Room:
     def participants(self) -> Mapping[str, Participant]:
         return MappingProxyType(self._participants)
 
-    async def join(self, participant_id: str, *, name: str, role: str, send: SendFn,
-                   on_state: StateFn | None = None) -> Participant:
+    async def join(
+        self,
+        participant_id: str,
+        *,
+        name: str,
+        role: str,
+        send: SendFn,
+        on_state: StateFn | None = None,
+    ) -> Participant:
         """Add a participant (replacing one with the same id: reload or reconnect)."""
         if self.closed:
             raise SignalError("closed", "this call has ended")
         old = self._participants.pop(participant_id, None)
-        participant = Participant(self, participant_id, name=name, role=role, send=send,
-                                  on_state=on_state)
+        participant = Participant(
+            self, participant_id, name=name, role=role, send=send, on_state=on_state
+        )
         participant._start()
         self._participants[participant_id] = participant
         if old is not None:
             await self._remove(old)
         return participant
 
-    async def leave(self, participant_id: str) -> None:
-        """Remove a participant: its pc closes, its tracks end, the others are re-offered."""
-        participant = self._participants.pop(participant_id, None)
-        if participant is not None:
-            await self._remove(participant)
+    async def leave(self, participant_id: str, *, only: Participant | None = None) -> None:
+        """Remove a participant: its pc closes, its tracks end, the others are re-offered.
+
+        With ``only``, nothing happens unless that exact Participant is the current one
+        (a websocket closing after its page reconnected must not remove the new one).
+        """
+        current = self._participants.get(participant_id)
+        if current is None or (only is not None and current is not only):
+            if only is not None and not only.closed:
+                await self._remove(only)
+            return
+        del self._participants[participant_id]
+        await self._remove(current)
 
     async def _remove(self, participant: Participant) -> None:
         ended = participant._close()
@@ -833,8 +908,9 @@ class Room:
         for participant in list(self._participants.values()):
             participant.schedule_renegotiation()
 
-    def codec_preferences(self, kind: str, codec: RTCRtpCodecParameters) -> list[
-            RTCRtpCodecCapability]:
+    def codec_preferences(
+        self, kind: str, codec: RTCRtpCodecParameters
+    ) -> list[RTCRtpCodecCapability]:
         """Codec preferences for a subscriber transceiver: the publication's codec (+ RTX)."""
         capabilities = RTCRtpSender.getCapabilities(kind).codecs
         mime = codec.mimeType.lower()
@@ -871,6 +947,9 @@ class Room:
             logger.exception("sink factory failed for %s/%s", pub.participant.id, pub.mid)
             return
         if sink is not None:
+            if hasattr(sink, "request_keyframe"):
+                # A sink that can wait for a keyframe mid-track (the recorder) may ask for one.
+                sink.request_keyframe = pub.fanout.request_keyframe
             pub.fanout.add_sink(sink)
             self._sinks.setdefault(factory, []).append((pub, sink))
 
@@ -882,9 +961,15 @@ class Room:
 class RoomRegistry:
     """Every live room of this process (the web app keeps one, closed at shutdown)."""
 
-    def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT) -> None:
+    def __init__(self, config: MediaConfig, *, media_timeout: float = MEDIA_TIMEOUT,
+                 initial_offer_delay: float = INITIAL_OFFER_DELAY) -> None:
         self.config = config
         self.media_timeout = media_timeout
+        self.initial_offer_delay = initial_offer_delay
+        if config.relay_path != "frame":
+            # The packet-level path is not built yet; frames are forwarded meanwhile.
+            logger.warning("relay path %r not available: using the frame path",
+                           config.relay_path)
         self._rooms: dict[str, Room] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

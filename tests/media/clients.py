@@ -215,6 +215,12 @@ class Client:
             self.add_track("video", "camera")
         await self.offer()
 
+    async def receive_only(self) -> None:
+        """Offer recvonly m-lines, as a browser without camera and microphone would."""
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.addTransceiver("video", direction="recvonly")
+        await self.offer()
+
     async def stop_publishing(self, mid: str) -> None:
         """Like removeTrack in a browser: the m-line stays, direction becomes inactive."""
         for transceiver in self.pc.getTransceivers():

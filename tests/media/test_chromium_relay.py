@@ -75,6 +75,8 @@ async function handle(msg) {
   }
 }
 ws.onopen = () => { if (pc.getTransceivers().length) pc.onnegotiationneeded(); };
+// ?delay=ms holds the camera back, so the server's offer comes first (the glare path)
+await new Promise((r) => setTimeout(r, Number(params.get("delay") || 0)));
 const stream = await navigator.mediaDevices.getUserMedia(
   {audio: true, video: {width: 640, height: 360}});
 for (const track of stream.getTracks()) {

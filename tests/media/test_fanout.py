@@ -320,3 +320,27 @@ def test_failing_sink_is_removed_without_breaking_others() -> None:
     fanout.push(VP8_DELTA, 1, 0.0)
     assert broken not in fanout.sinks and broken.ended == 1
     assert len(good.frames) == 2
+
+
+async def test_reattached_track_continues_timestamps() -> None:
+    first, _, _ = make_fanout()
+    second, requests, _ = make_fanout()
+    track = first.subscribe()
+    reader = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    first.push(VP8_KEY, 1000, 0.0)
+    assert (await reader).pts == 1000
+    first.push(VP8_DELTA, 4000, 0.0)
+    assert (await track.recv()).pts == 4000
+    track.detach()  # the publisher left: the track idles
+    first.push(VP8_KEY, 7000, 0.0)
+    assert track.queued() == 0
+    track.attach(second)  # a new publisher on the same m-line
+    assert requests == [1] and track.needs_keyframe
+    second.push(VP8_DELTA, 10, 0.0)  # gated until a keyframe
+    second.push(VP8_KEY, 50, 0.0)
+    second.push(VP8_DELTA, 3050, 0.0)
+    key, delta = await track.recv(), await track.recv()
+    assert bytes(key) == VP8_KEY and key.pts == 4000 + 3000  # one frame after the last
+    assert bytes(delta) == VP8_DELTA and delta.pts == 10000
+    assert track in second.tracks and track not in first.tracks

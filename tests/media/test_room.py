@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -144,12 +145,24 @@ async def test_reconnect_replaces_participant_and_media_resumes(
         with pytest.raises(SignalError) as err:
             await old_participant.handle_signal({"type": "offer", "sdp": "v=0"})
         assert err.value.code == "closed"
-        # bob now receives the new alice (new mids), and the new alice receives bob
-        await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 10, what="new alice")
+        # the old page's websocket closing late must not remove the new participant
+        await old_participant.leave()
+        assert room.participants["alice"] is alice2.participant
+        # bob now receives the new alice (on the m-line that carried the old one), and the
+        # new alice receives bob
         new_mid = next(m for m, s in alice2.sources.items() if s == "camera")
-        assert contiguous_in(bob.frames_from("alice", "video"), alice2.published[new_mid].sent)
+        new_sent = alice2.published[new_mid].sent
+        await wait_for(lambda: contiguous_in(bob.frames_from("alice", "video")[-10:], new_sent),
+                       what="new alice's frames at bob")
         await wait_for(lambda: len(alice2.frames_from("bob", "video")) >= 10, what="bob at alice2")
         assert len([i for i in bob.tracks.values() if i["participant_id"] == "alice"]) == 2
+        # bob's m-lines that carried the old alice were reused: no m-line growth
+        assert len(bob.pc.getTransceivers()) == 4
+        reused = bob.mids_from("alice", "video")[0]
+        stamps = bob.received[reused].timestamps
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        # one stream on one SSRC: timestamps go on increasing across the change of source
+        assert all(0 < gap < 90000 for gap in gaps), gaps
         assert not bob.errors and not alice2.errors
     finally:
         await close_all(alice, bob, alice2)
@@ -177,7 +190,8 @@ async def test_vanished_participant_is_cleaned_up(
 async def test_silent_participant_is_cleaned_up(
     no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
 ) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), media_timeout=1.0)
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), media_timeout=1.0,
+                            initial_offer_delay=3600)
     room = registry.get_or_create("silent")
     alice, bob = await call(room, vp8, opus)
     try:
@@ -244,9 +258,29 @@ async def test_bad_input_is_refused_and_the_call_goes_on(
         await close_all(alice, bob)
 
 
-async def test_glare_server_offer_wins(
-    registry: RoomRegistry, vp8: EncodedMedia, opus: EncodedMedia
+async def test_server_offers_first_to_a_participant_that_does_not_offer(
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
 ) -> None:
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
+    room = registry.get_or_create("silent-browser")
+    alice = Client("alice", video=vp8, audio=opus)
+    bob = Client("bob", video=None, audio=None)
+    try:
+        await alice.join(room)
+        await alice.publish()
+        await bob.join(room)  # bob never offers: the server does, after the delay
+        await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 10, what="video")
+        await wait_for(lambda: len(bob.frames_from("alice", "audio")) >= 10, what="audio")
+        assert bob.offers_handled >= 1 and bob.answers == 0
+    finally:
+        await close_all(alice, bob)
+        await registry.close()
+
+
+async def test_glare_server_offer_wins(
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
+) -> None:
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
     room = registry.get_or_create("glare")
     alice = Client("alice", video=vp8, audio=opus)
     bob = Client("bob", video=vp8, audio=opus)
@@ -274,6 +308,7 @@ async def test_glare_server_offer_wins(
     finally:
         bob_inbox_hold.set()
         await close_all(alice, bob)
+        await registry.close()
 
 
 async def test_no_common_codec_is_a_clear_error(
@@ -341,6 +376,7 @@ async def test_keyframe_requested_on_subscribe_and_on_subscriber_pli(
         await alice.publish()
         assert alice.pli_received == 0  # nobody subscribed yet: nobody asked
         await bob.join(room)
+        await bob.receive_only()
         await wait_for(lambda: alice.pli_received >= 1, what="PLI on subscribe")
         await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 5, what="video at bob")
         before = alice.pli_received
@@ -366,6 +402,7 @@ async def test_subscriber_remb_caps_what_the_publisher_is_told(
         await alice.join(room)
         await alice.publish(audio=False)
         await bob.join(room)
+        await bob.receive_only()
         # without a weak subscriber, the relay's own estimate goes above 300 kbit/s
         await wait_for(lambda: any(r > 300_000 for r in alice.remb_received), limit=20,
                        what="server estimate above 300 kbit/s")
@@ -392,7 +429,7 @@ async def test_subscriber_remb_caps_what_the_publisher_is_told(
 async def test_registry_close_awaits_every_pc_and_refuses_new_joins(
     no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
 ) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True))
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=3600)
     room = registry.get_or_create("shutdown")
     alice, bob = await call(room, vp8, opus)
     participants: list[Participant] = list(room.participants.values())
