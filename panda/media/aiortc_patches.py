@@ -363,19 +363,58 @@ class AudioPassThrough:
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 
-class EarlyVideoJitterBuffer(JitterBuffer):
-    """aiortc's video jitter buffer, but a frame leaves as soon as its last packet (RTP
-    marker bit) is in and nothing before it is missing, instead of when the next frame's
-    first packet arrives (one frame interval later)."""
+MAX_GAP_WAIT = 0.5  # seconds a lost video packet may hold later frames back
 
-    def __init__(self, capacity: int) -> None:
+
+class EarlyVideoJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, with two changes for a relay.
+
+    A frame leaves as soon as its last packet (RTP marker bit) is in and nothing before it
+    is missing, instead of when the next frame's first packet arrives (one frame interval
+    later). A packet still missing after ``max_gap_wait`` seconds (NACK/RTX did not bring
+    it) is given up: the incomplete frame is dropped, the next one starts, and a PLI is
+    asked for; aiortc would wait until 512 later packets had arrived (seconds of video).
+    """
+
+    def __init__(self, capacity: int, *, max_gap_wait: float = MAX_GAP_WAIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(capacity=capacity, is_video=True)
+        self.max_gap_wait = max_gap_wait
+        self._clock = clock
+        self._gap_since: float | None = None
+        self.gaps_skipped = 0
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli_flag, frame = super().add(packet)
         if frame is None and self._origin is not None:
             frame = self._frame_ending_with_marker()
+        if frame is None and self._origin is not None and self._skip_stale_gap():
+            pli_flag = True
+            frame = self._frame_ending_with_marker()
         return pli_flag, frame
+
+    def _skip_stale_gap(self) -> bool:
+        assert self._origin is not None
+        if self._packets[self._origin % self._capacity] is not None:
+            self._gap_since = None
+            return False
+        # The slot at the origin is empty: only a gap if later packets are waiting.
+        first = next((i for i in range(1, self._capacity)
+                      if self._packets[(self._origin + i) % self._capacity] is not None), None)
+        if first is None:
+            self._gap_since = None
+            return False
+        now = self._clock()
+        if self._gap_since is None:
+            self._gap_since = now
+            return False
+        if now - self._gap_since < self.max_gap_wait:
+            return False
+        # Drop the empty slots and the rest of the frame they belonged to.
+        self.smart_remove(first + 1)
+        self._gap_since = None
+        self.gaps_skipped += 1
+        return True
 
     def _frame_ending_with_marker(self) -> JitterFrame | None:
         assert self._origin is not None

@@ -278,3 +278,22 @@ async def test_codec_helpers() -> None:
         assert mimes == ["video/vp8", "video/h264"]
     finally:
         await pc.close()
+
+
+def test_early_video_buffer_gives_up_a_lost_packet_after_a_while() -> None:
+    now = [0.0]
+    buffer = aiortc_patches.EarlyVideoJitterBuffer(capacity=512, max_gap_wait=0.5,
+                                                   clock=lambda: now[0])
+    assert buffer.add(_rtp(1, 3000, b"a", marker=1))[1] is not None
+    # packet 2 (first half of frame 6000) is lost for good; 3 completes that frame
+    assert buffer.add(_rtp(3, 6000, b"c", marker=1)) == (False, None)
+    now[0] = 0.2
+    assert buffer.add(_rtp(4, 9000, b"d", marker=1)) == (False, None)  # still waiting
+    now[0] = 0.6
+    pli, frame = buffer.add(_rtp(5, 12000, b"e", marker=1))
+    # the broken frame 6000 is dropped, frame 9000 goes out, a keyframe is asked for
+    assert pli and frame is not None and frame.data == b"d" and buffer.gaps_skipped == 1
+    assert buffer.add(_rtp(6, 15000, b"f", marker=1))[1] is not None
+    # frame 12000 came in whole meanwhile: it is next, nothing else is lost
+    assert buffer.add(_rtp(7, 18000, b"g", marker=1))[1] is not None
+
