@@ -265,6 +265,24 @@ async def mark_read(
     }
 
 
+async def announce_hidden(app: web.Application, message_id: int) -> None:
+    """Tell both members' open tabs that a message was hidden by a moderator."""
+    async with app[keys.sessionmaker]() as db:
+        message = await store.get_message(db, message_id)
+        if message is None:
+            return
+        members = await store.member_ids(db, message.conversation_id)
+    await publish_to_members(
+        app[BUS],
+        members,
+        {
+            "type": "message_update",
+            "conversation_id": message.conversation_id,
+            "message": store.message_json(message, ""),
+        },
+    )
+
+
 async def is_online(app: web.Application, user_id: int) -> bool:
     """True when the user has a live connection in any process."""
     try:

@@ -53,6 +53,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.with_(host=args.host)
     if args.port:
         settings = settings.with_(port=args.port)
+    if args.worker_index is not None:
+        if not 0 <= args.worker_index < settings.workers:
+            return _fail(f"--worker-index must be below PANDA_WORKERS={settings.workers}", 2)
+        settings = settings.with_(worker_index=args.worker_index)
+    elif settings.workers > 1:
+        if settings.port + settings.workers - 1 > 65535:
+            return _fail("PANDA_PORT + PANDA_WORKERS must stay within 65535", 2)
+        if not args.no_migrate:
+            _migrate(settings.database_url)
+        return _supervise_workers(settings)
     logging.basicConfig(
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -80,6 +90,87 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}")
     return 0
+
+
+class _Stop(Exception):
+    """Raised by the supervisor's signal handler to leave its wait."""
+
+
+def _supervise_workers(settings: Settings) -> int:
+    """Run PANDA_WORKERS server processes, worker i on port PANDA_PORT + i, until SIGTERM/SIGINT.
+
+    A worker that dies is started again; one that keeps dying at start (say its port is taken)
+    stops the whole server with an error instead of looping for ever.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    if settings.redis_url is None:
+        print(
+            "panda: warning: PANDA_WORKERS > 1 without PANDA_REDIS_URL: each process keeps its "
+            "own chat, presence and calls",
+            file=sys.stderr,
+        )
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "panda", "serve", "--no-migrate"]
+        command += ["--host", settings.host, "--port", str(settings.port + index)]
+        return subprocess.Popen([*command, "--worker-index", str(index)])
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    workers: dict[int, subprocess.Popen[bytes]] = {}
+    started: dict[int, float] = {}
+    quick_failures: dict[int, int] = {}
+    code = 0
+    try:
+        for index in range(settings.workers):
+            workers[index] = spawn(index)
+            started[index] = time.monotonic()
+        print(
+            f"Panda Professor is running {settings.workers} workers on ports "
+            f"{settings.port}-{settings.port + settings.workers - 1}",
+            flush=True,
+        )
+        while True:
+            pid, status = os.wait()
+            index = next((i for i, p in workers.items() if p.pid == pid), None)
+            if index is None:
+                continue
+            workers[index].returncode = os.waitstatus_to_exitcode(status)
+            lived = time.monotonic() - started[index]
+            quick_failures[index] = quick_failures.get(index, 0) + 1 if lived < 10 else 0
+            if quick_failures[index] >= 5:
+                code = _fail(f"worker {index} keeps failing at start; stopping", 1)
+                break
+            print(
+                f"panda: worker {index} exited ({workers[index].returncode}); starting it again",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(min(quick_failures[index], 5))
+            workers[index] = spawn(index)
+            started[index] = time.monotonic()
+    except _Stop:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        alive = [p for p in workers.values() if p.poll() is None]
+        for proc in alive:
+            proc.terminate()
+        deadline = time.monotonic() + 20
+        for proc in alive:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return code
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -176,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override PANDA_HOST")
     serve.add_argument("--port", type=int, help="override PANDA_PORT")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
+    # Set by the supervisor when PANDA_WORKERS > 1: run as that one worker.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")

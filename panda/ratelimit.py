@@ -41,7 +41,7 @@ LOGIN_PER_IP = Rule("login-ip", 10, 15 * 60)
 VERIFY_RESEND = Rule("verify-resend", 3, 60 * 60)
 RESET_PER_ACCOUNT = Rule("reset-account", 3, 60 * 60)
 RESET_PER_IP = Rule("reset-ip", 20, 60 * 60)
-SIGNUP_PER_IP = Rule("signup-ip", 20, 60 * 60)
+SIGNUP_PER_IP = Rule("signup-ip", 30, 60 * 60)
 
 
 class RateLimiter(Protocol):
@@ -104,8 +104,22 @@ class MemoryRateLimiter:
 class DatabaseRateLimiter:
     """Counters in the `rate_counters` table: one atomic upsert per event."""
 
+    # Every so many events, rows whose window ended a day ago are deleted.
+    PRUNE_EVERY = 1000
+    PRUNE_AFTER = timedelta(days=1)
+
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
+        self._events = 0
+
+    async def prune(self) -> int:
+        """Delete stale counters; how many went."""
+        async with self._sessionmaker() as db:
+            result = await db.execute(
+                delete(RateCounter).where(RateCounter.window_start < utcnow() - self.PRUNE_AFTER)
+            )
+            await db.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def hit(self, key: str, window: int) -> tuple[int, int]:
         now = utcnow()
@@ -125,6 +139,9 @@ class DatabaseRateLimiter:
             ).returning(table.c.count, table.c.window_start)
             row = (await db.execute(stmt)).one()
             await db.commit()
+        self._events += 1
+        if self._events % self.PRUNE_EVERY == 0:
+            await self.prune()
         count, start = int(row[0]), row[1]
         return count, _remaining((start - now).total_seconds() + window)
 

@@ -199,7 +199,9 @@ class PostgresServer:
         user = _service_user()
         # A fresh directory under the system temp dir: pytest's own tmp dirs are private to us,
         # and the unprivileged server user must reach its data directory.
-        self.root = Path(tempfile.mkdtemp(prefix="panda-pg-"))
+        # (/tmp itself when root: a private TMPDIR would keep that user out.)
+        parent = "/tmp" if user is not None and os.path.isdir("/tmp") else None
+        self.root = Path(tempfile.mkdtemp(prefix="panda-pg-", dir=parent))
         ids: dict[str, Any] = {}
         if user is not None:
             os.chown(self.root, *user)

@@ -186,3 +186,63 @@ async def test_redis_restart_resyncs_subscribers(redis_server_factory: Any) -> N
         await sub.close()
     finally:
         await bus.close()
+
+
+@pytest.mark.redis
+async def test_periodic_work_runs_in_one_process_at_a_time(fresh_redis_url: str) -> None:
+    from aiohttp import web
+
+    from panda.bus import _ONCE_TASKS, BUS, every
+
+    runs: list[tuple[str, float, float]] = []
+    active: list[str] = []
+    overlaps: list[tuple[str, str]] = []
+    enough = asyncio.Event()
+    apps = []
+    for name in ("a", "b"):
+        app = web.Application()
+        bus = RedisBus(fresh_redis_url, node_id=name)
+        await bus.start()
+        app[BUS] = bus
+        app[_ONCE_TASKS] = []
+        apps.append(app)
+
+    def job(name: str) -> Any:
+        async def work(app: web.Application) -> None:
+            if active:
+                overlaps.append((active[0], name))
+            active.append(name)
+            start = asyncio.get_running_loop().time()
+            await asyncio.sleep(0.05)
+            active.remove(name)
+            runs.append((name, start, asyncio.get_running_loop().time()))
+            if len(runs) >= 6:
+                enough.set()
+
+        return work
+
+    try:
+        for app, name in zip(apps, ("a", "b"), strict=True):
+            every(app, "reminders", 0.1, job(name))
+        await asyncio.wait_for(enough.wait(), 30)
+        assert overlaps == []
+    finally:
+        for app in apps:
+            for task in app[_ONCE_TASKS]:
+                task.cancel()
+            await asyncio.gather(*app[_ONCE_TASKS], return_exceptions=True)
+            await app[BUS].close()
+
+
+async def test_bus_rate_limiter(bus: Bus) -> None:
+    from panda.bus.ratelimit import BusRateLimiter
+
+    limiter = BusRateLimiter(bus)
+    assert await limiter.peek("login:a", 60) == (0, 60)
+    assert (await limiter.hit("login:a", 60))[0] == 1
+    count, left = await limiter.hit("login:a", 60)
+    assert count == 2 and 1 <= left <= 60
+    assert (await limiter.peek("login:a", 60))[0] == 2
+    await limiter.clear("login:a")
+    assert await limiter.peek("login:a", 60) == (0, 60)
+    await limiter.close()

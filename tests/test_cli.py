@@ -10,6 +10,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -400,3 +401,71 @@ def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert f"cannot serve on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _workers(pid: int) -> dict[str, int]:
+    """{worker index: pid} of the supervisor `pid`'s workers (a child caught between fork and
+    exec still shows the supervisor's command line: left out)."""
+    return {
+        argv[argv.index("--worker-index") + 1]: child
+        for child, argv in _children(pid).items()
+        if "--worker-index" in argv
+    }
+
+
+def _children(pid: int) -> dict[int, list[str]]:
+    """{pid: argv} of the live child processes of `pid` (Linux /proc)."""
+    found: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat_fields[1]) != pid or stat_fields[0] == "Z":
+                continue
+            found[int(entry.name)] = (entry / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _wait_healthy(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_serve_runs_workers_on_consecutive_ports_and_restarts_them(
+    live_server_factory: Callable[..., LiveServer],
+) -> None:
+    server = live_server_factory(PANDA_WORKERS="2")
+    assert server.proc is not None
+    _wait_healthy(server.port + 1)
+    by_index = _workers(server.proc.pid)
+    assert set(by_index) == {"0", "1"}
+
+    os.kill(by_index["1"], signal.SIGKILL)  # a crash: the supervisor starts it again
+    deadline = time.monotonic() + 60
+    while True:
+        again = _workers(server.proc.pid)
+        if again.get("1") not in (None, by_index["1"]):
+            break
+        assert time.monotonic() < deadline, "worker 1 was not restarted"
+        time.sleep(0.1)
+    _wait_healthy(server.port + 1)
+    assert again["0"] == by_index["0"]
+
+    server.stop(signal.SIGTERM)
+    assert server.proc.returncode == 0
+    # The supervisor waited for its workers before exiting: none is left behind.
+    assert [pid for pid in again.values() if Path(f"/proc/{pid}").exists()] == []
+    for port in (server.port, server.port + 1):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)

@@ -96,16 +96,10 @@ async def recommend(
         )
     ).all()
     free = {tid: n for tid, n in free_rows}
-    mean_row = (
-        await db.execute(
-            select(func.sum(TutorProfile.rating_sum), func.sum(TutorProfile.rating_count))
-        )
-    ).one()
-    prior = (mean_row[0] / mean_row[1]) if mean_row[1] else 4.0
     out: list[Recommendation] = []
     for card in found:
         p = card.profile
-        rating = bayesian_average(p.rating_avg, p.rating_count, prior_mean=prior)
+        rating = bayesian_average(p.rating_avg, p.rating_count)
         match = [s for s in card.subjects if s.lower() in wanted]
         score = rating / 5 + (0.5 if match else 0) + (0.2 if free.get(card.user.id) else 0)
         score += 0.1 if card.user.id in known_tutors else 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from panda.errors import Conflict, Forbidden, NotFound, ValidationError
 from panda.market import notify as notes
-from panda.store.models import AuditEntry, Booking, Review, TutorProfile, User
+from panda.store.models import Booking, Review, TutorProfile, User
 from panda.store.types import utcnow
 
 MAX_TEXT = 3000
@@ -121,38 +123,17 @@ async def set_hidden(
 
 
 async def write_audit(
-    db: AsyncSession, actor: User, action: str, target_type: str, target_id: str, detail: dict
+    db: AsyncSession,
+    actor: User,
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any],
 ) -> None:
-    """Record an admin action (uses the shared audit helper when it exists)."""
-    try:
-        from panda.store import audit  # type: ignore[attr-defined]
+    """Record an admin action in the audit log, in the caller's transaction."""
+    from panda.store import audit
 
-        helper = getattr(audit, "record", None) or getattr(audit, "log_action", None)
-    except ImportError:
-        helper = None
-    if helper is not None:
-        try:
-            await helper(
-                db,
-                actor=actor,
-                action=action,
-                target_type=target_type,
-                target_id=target_id,
-                detail=detail,
-            )
-            return
-        except TypeError:
-            pass
-    db.add(
-        AuditEntry(
-            actor_id=actor.id,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            detail=detail,
-            created_at=utcnow(),
-        )
-    )
+    await audit.record(db, actor, action, target_type=target_type, target_id=target_id, **detail)
 
 
 async def list_reviews(
@@ -171,6 +152,7 @@ async def list_reviews(
     return [(r, name.split(" ")[0]) for r, name in (await db.execute(stmt)).all()]
 
 
-def bayesian_average(avg: float, count: int, prior_mean: float = 4.0, weight: int = 5) -> float:
-    """Rating shrunk towards the prior so one 5-star review does not beat fifty 4.8s."""
+def bayesian_average(avg: float, count: int, prior_mean: float = 3.5, weight: int = 10) -> float:
+    """Rating shrunk towards a modest prior (as if every tutor started with ten 3.5-star
+    reviews), so one 5-star review (3.64) does not beat fifty 4.8s (4.58)."""
     return (prior_mean * weight + avg * count) / (weight + count)

@@ -4,8 +4,8 @@ Exactly once, even across restarts and with several processes: every once-only j
 `sent_markers` row with a unique key in the same transaction as its notifications, so a second
 run (another process, or after a crash) hits the unique key and rolls back. Expiry is a
 conditional UPDATE. A `Lease` only decides who does the work (to avoid wasted effort); it is not
-needed for correctness. The in-process lease always grants; a Redis lease (SET NX PX on
-"panda:lease:market-scheduler", renewed each tick) can implement the same protocol.
+needed for correctness. With the app's bus (Redis when configured) one node holds the lease
+(`BusLease`: SET NX with a TTL, renewed each tick); without a bus every process runs the jobs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from sqlalchemy import select
@@ -22,11 +22,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from panda import keys
+from panda.bus import BUS as BUS_KEY
 from panda.market import notify as notes
 from panda.market.availability import zone_of
 from panda.market.booking import expire_due
 from panda.market.tutors import rebuild_windows
-from panda.store.models import Booking, SentMarker, TutorProfile, User
+from panda.store.models import Booking, Notification, SentMarker, TutorProfile, User
 from panda.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,30 @@ class LocalLease:
     async def acquire(self, name: str, ttl: float) -> bool:
         """Always granted."""
         return True
+
+
+class BusLease:
+    """Several processes: the holder is whoever set the key first (SET NX with a TTL on the
+    bus, i.e. Redis when configured) and renews it each tick; others skip the work until the
+    key expires. Correctness never depends on it (markers and conditional updates do that)."""
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+
+    async def acquire(self, name: str, ttl: float) -> bool:
+        """True when this node holds (or just took, or renewed) the lease."""
+        key = f"lease:{name}"
+        me = str(self.bus.node_id)
+        try:
+            if await self.bus.set_if_absent(key, me, ttl=ttl):
+                return True
+            if await self.bus.get(key) == me:
+                await self.bus.set(key, me, ttl=ttl)
+                return True
+        except Exception:
+            log.warning("lease %s unavailable; running the scheduler anyway", name)
+            return True
+        return False
 
 
 async def _once(db: AsyncSession, key: str) -> bool:
@@ -177,7 +202,18 @@ async def tick(app: web.Application, now: datetime | None = None) -> dict[str, i
         "windows": await refresh_windows(sm, now),
     }
     settings = app[keys.settings]
-    result["mails"] = await notes.dispatch_mail(sm, app[keys.mailer], settings.base_url)
+
+    async def push(note: Notification) -> None:
+        # Open tabs refresh their navbar badge at once (through the bus, so any node).
+        from panda.web.live import publish_to_user
+
+        await publish_to_user(
+            app, note.user_id, {"type": "notification", "title": note.title, "link": note.link}
+        )
+
+    result["mails"] = await notes.dispatch_mail(
+        sm, app[keys.mailer], settings.base_url, on_claimed=push if BUS_KEY in app else None
+    )
     return result
 
 
@@ -216,7 +252,11 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings]
     interval = float(settings.extra.get("scheduler_interval", TICK_SECONDS))
     app[SCHEDULER_WAKE] = asyncio.Event()
-    app.setdefault(SCHEDULER_LEASE, LocalLease())
+    if SCHEDULER_LEASE not in app:
+        from panda.bus import BUS
+
+        bus = app.get(BUS)
+        app[SCHEDULER_LEASE] = BusLease(bus) if bus is not None else LocalLease()
     enabled = settings.extra.get("scheduler", True)
     task = asyncio.create_task(_loop(app, interval)) if enabled else None
     if task is not None:

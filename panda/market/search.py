@@ -6,12 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import Select
 
 from panda.market.availability import epoch_minutes, parse_instant
-from panda.market.tutors import WINDOW_HORIZON, TutorCard, cards
+from panda.market.tutors import MAX_WINDOW_MINUTES, WINDOW_HORIZON, TutorCard, cards
 from panda.store.models import (
     ACTIVE_STATUSES,
     AvailabilityWindow,
@@ -56,13 +55,42 @@ def _money(raw: str, name: str, errors: dict[str, str]) -> int | None:
     except ValueError:
         errors[name] = "Enter an amount like 25 or 25.50."
         return None
-    if value < 0 or value > 100_000:
+    if not 0 <= value <= 100_000:  # also refuses nan
         errors[name] = "Enter an amount between 0 and 100000."
         return None
     return round(value * 100)
 
 
-def parse_query(params: Any, *, now: datetime | None = None) -> SearchQuery:
+def _local_window(params: Any, tz: str, errors: dict[str, str]) -> tuple[str, str]:
+    """ISO instants from the page's local fields (free_day, free_start, free_end in `tz`)."""
+    from datetime import date as date_cls
+
+    from panda.market.availability import local_to_utc, parse_hhmm, zone_of
+
+    day_raw = str(params.get("free_day", "")).strip()
+    if not day_raw:
+        return "", ""
+    try:
+        day = date_cls.fromisoformat(day_raw)
+    except ValueError:
+        errors["free_day"] = "Pick a date."
+        return "", ""
+    start = parse_hhmm(str(params.get("free_start", "")) or "00:00")
+    end = parse_hhmm(str(params.get("free_end", "")) or "24:00")
+    if start is None or end is None or start >= end:
+        errors["free_start"] = "Give a start time before the end time."
+        return "", ""
+    if not 1971 <= day.year <= 2200:
+        errors["free_day"] = "Pick a date in the next weeks."
+        return "", ""
+    zone = zone_of(tz)
+    return (
+        local_to_utc(day, start, zone).isoformat(),
+        local_to_utc(day, end, zone).isoformat(),
+    )
+
+
+def parse_query(params: Any, *, now: datetime | None = None, tz: str = "UTC") -> SearchQuery:
     """A SearchQuery from query-string parameters; field errors collected in `errors`."""
     q = SearchQuery()
     errors = q.errors
@@ -85,6 +113,8 @@ def parse_query(params: Any, *, now: datetime | None = None) -> SearchQuery:
             q.min_rating = None
     raw_from = str(params.get("free_from", "")).strip()
     raw_to = str(params.get("free_to", "")).strip()
+    if not raw_from and not raw_to:
+        raw_from, raw_to = _local_window(params, tz, errors)
     if raw_from or raw_to:
         q.free_from = parse_instant(raw_from) if raw_from else None
         q.free_to = parse_instant(raw_to) if raw_to else None
@@ -120,97 +150,103 @@ def parse_query(params: Any, *, now: datetime | None = None) -> SearchQuery:
     return q
 
 
-def _filtered(q: SearchQuery, subject_id: int | None) -> Select[Any]:
-    stmt = (
-        select(User, TutorProfile)
-        .join(TutorProfile, TutorProfile.user_id == User.id)
-        .where(
-            TutorProfile.listed.is_(True),
-            User.role == "tutor",
-            User.tutor_status == "approved",
-            User.is_active.is_(True),
-        )
-    )
+def _conditions(q: SearchQuery) -> list[Any]:
+    """WHERE clauses over tutor_profiles only (approval is mirrored there by triggers)."""
+    conds: list[Any] = [TutorProfile.approved.is_(True), TutorProfile.listed.is_(True)]
     if q.subject:
-        stmt = stmt.where(
-            exists().where(
-                TutorSubject.tutor_id == TutorProfile.user_id,
-                TutorSubject.subject_id == (subject_id or -1),
+        subject = select(Subject.id).where(
+            or_(func.lower(Subject.name) == q.subject.lower(), Subject.slug == q.subject)
+        )
+        conds.append(
+            TutorProfile.user_id.in_(
+                select(TutorSubject.tutor_id).where(TutorSubject.subject_id.in_(subject))
             )
         )
     if q.min_price is not None:
-        stmt = stmt.where(TutorProfile.hourly_rate_cents >= q.min_price)
+        conds.append(TutorProfile.hourly_rate_cents >= q.min_price)
     if q.max_price is not None:
-        stmt = stmt.where(TutorProfile.hourly_rate_cents <= q.max_price)
+        conds.append(TutorProfile.hourly_rate_cents <= q.max_price)
     if q.language:
-        stmt = stmt.where(
-            exists().where(
-                TutorLanguage.tutor_id == TutorProfile.user_id,
-                TutorLanguage.language == q.language,
+        conds.append(
+            TutorProfile.user_id.in_(
+                select(TutorLanguage.tutor_id).where(TutorLanguage.language == q.language)
             )
         )
     if q.location:
         needle = q.location.lower()
-        stmt = stmt.where(
+        conds.append(
             or_(func.lower(TutorProfile.city) == needle, func.lower(TutorProfile.country) == needle)
         )
     if q.online:
-        stmt = stmt.where(TutorProfile.online_only.is_(True))
+        conds.append(TutorProfile.online_only.is_(True))
     if q.min_rating is not None:
-        stmt = stmt.where(TutorProfile.rating_avg >= q.min_rating)
+        conds.append(TutorProfile.rating_avg >= q.min_rating)
     if q.free_from is not None and q.free_to is not None:
         a, b = epoch_minutes(q.free_from), epoch_minutes(q.free_to)
-        overlap_end = case((AvailabilityWindow.end_min < b, AvailabilityWindow.end_min), else_=b)
-        overlap_start = case(
-            (AvailabilityWindow.start_min > a, AvailabilityWindow.start_min), else_=a
+        w = AvailabilityWindow
+        overlap = case((w.end_min < b, w.end_min), else_=b) - case(
+            (w.start_min > a, w.start_min), else_=a
         )
-        # Windows never exceed a day, so bounding start_min keeps this an index range scan.
-        stmt = stmt.where(
-            exists().where(
-                AvailabilityWindow.tutor_id == TutorProfile.user_id,
-                AvailabilityWindow.start_min > a - 1440,
-                AvailabilityWindow.start_min < b,
-                AvailabilityWindow.end_min > a,
-                overlap_end - overlap_start >= TutorProfile.session_minutes,
-            ),
-            ~exists().where(
-                Booking.tutor_id == TutorProfile.user_id,
-                Booking.status.in_(ACTIVE_STATUSES),
-                Booking.start_at < q.free_to,
-                Booking.end_at > q.free_from,
-            ),
+        # Uncorrelated subqueries: one covering-index range scan (stored windows are at most
+        # MAX_WINDOW_MINUTES long, which bounds start_min) and one scan of busy bookings.
+        conds.append(
+            TutorProfile.user_id.in_(
+                select(w.tutor_id).where(
+                    w.start_min > a - MAX_WINDOW_MINUTES,
+                    w.start_min < b,
+                    w.end_min > a,
+                    overlap >= w.session_minutes,
+                )
+            )
         )
-    return stmt
+        conds.append(
+            TutorProfile.user_id.not_in(
+                select(Booking.tutor_id).where(
+                    Booking.status.in_(ACTIVE_STATUSES),
+                    Booking.start_at < q.free_to,
+                    Booking.end_at > q.free_from,
+                )
+            )
+        )
+    return conds
+
+
+_ORDERS = {
+    # Each matches one index (walked forwards or backwards) so a page stops early.
+    "rating": (
+        TutorProfile.rating_avg.desc(),
+        TutorProfile.rating_count.desc(),
+        TutorProfile.user_id.desc(),
+    ),
+    "price": (TutorProfile.hourly_rate_cents.asc(), TutorProfile.user_id.asc()),
+    "price_desc": (TutorProfile.hourly_rate_cents.desc(), TutorProfile.user_id.desc()),
+    "newest": (TutorProfile.created_at.desc(), TutorProfile.user_id.desc()),
+}
 
 
 async def search_tutors(db: AsyncSession, q: SearchQuery) -> tuple[list[TutorCard], int]:
-    """The page of tutors matching `q` and the total count."""
-    subject_id: int | None = None
-    if q.subject:
-        subject_id = (
-            await db.execute(
-                select(Subject.id).where(
-                    or_(func.lower(Subject.name) == q.subject.lower(), Subject.slug == q.subject)
-                )
-            )
-        ).scalar_one_or_none()
-    stmt = _filtered(q, subject_id)
-    total = int((await db.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one())
-    if q.sort == "price":
-        order = [TutorProfile.hourly_rate_cents.asc(), TutorProfile.rating_avg.desc()]
-    elif q.sort == "price_desc":
-        order = [TutorProfile.hourly_rate_cents.desc(), TutorProfile.rating_avg.desc()]
-    elif q.sort == "newest":
-        order = [TutorProfile.created_at.desc()]
-    else:
-        order = [TutorProfile.rating_avg.desc(), TutorProfile.rating_count.desc()]
+    """The page of tutors matching `q` and the total count (four queries in all)."""
+    conds = _conditions(q)
+    total = int(
+        (await db.execute(select(func.count(TutorProfile.user_id)).where(*conds))).scalar_one()
+    )
+    if not total:
+        return [], 0
     rows = await db.execute(
-        stmt.order_by(*order, TutorProfile.user_id)
+        select(User, TutorProfile)
+        .join(User, User.id == TutorProfile.user_id)
+        .where(*conds)
+        .order_by(*_ORDERS[q.sort])
         .limit(q.per_page)
         .offset((q.page - 1) * q.per_page)
     )
-    pairs = [(u, p) for u, p in rows.all()]
-    return await cards(db, pairs), total
+    return await cards(db, [(u, p) for u, p in rows.all()]), total
+
+
+def _photo_url(user: User) -> str | None:
+    from panda.web.profile import photo_url
+
+    return photo_url(user)
 
 
 def card_json(card: TutorCard) -> dict[str, Any]:
@@ -226,7 +262,7 @@ def card_json(card: TutorCard) -> dict[str, Any]:
         "hourly_rate": {"amount_cents": p.hourly_rate_cents, "currency": p.currency},
         "location": {"city": p.city, "country": p.country, "online_only": p.online_only},
         "timezone": card.user.timezone,
-        "photo": card.user.photo,
+        "photo_url": _photo_url(card.user),
         "intro_video_url": p.intro_video_url,
         "session_minutes": p.session_minutes,
         "rating": {"average": round(p.rating_avg, 2), "count": p.rating_count},

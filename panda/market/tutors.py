@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from panda.errors import NotFound
@@ -31,6 +31,29 @@ from panda.store.types import utcnow
 
 # How far ahead concrete availability windows are kept for search filters.
 WINDOW_HORIZON = timedelta(weeks=8)
+# Stored windows are split to at most this long, so the search filter can bound its range scan.
+MAX_WINDOW_MINUTES = 12 * 60
+
+
+def window_rows(
+    tutor_id: int, windows: list[tuple[datetime, datetime]], session_minutes: int
+) -> list[dict[str, int]]:
+    """Rows for availability_windows: epoch minutes, split into pieces of at most 12 hours."""
+    rows: list[dict[str, int]] = []
+    for start, end in windows:
+        a, b = epoch_minutes(start), epoch_minutes(end)
+        while a < b:
+            piece_end = min(b, a + MAX_WINDOW_MINUTES)
+            rows.append(
+                {
+                    "tutor_id": tutor_id,
+                    "start_min": a,
+                    "end_min": piece_end,
+                    "session_minutes": session_minutes,
+                }
+            )
+            a = piece_end
+    return rows
 
 
 @dataclass
@@ -133,11 +156,22 @@ async def tutor_language_names(db: AsyncSession, tutor_ids: list[int]) -> dict[i
 
 
 async def cards(db: AsyncSession, pairs: list[tuple[User, TutorProfile]]) -> list[TutorCard]:
-    """TutorCards for (user, profile) pairs, subjects and languages loaded in two queries."""
+    """TutorCards for (user, profile) pairs; subjects and languages loaded in one query."""
     ids = [u.id for u, _ in pairs]
-    subjects = await tutor_subject_names(db, ids)
-    languages = await tutor_language_names(db, ids)
-    return [TutorCard(u, p, subjects[u.id], languages[u.id]) for u, p in pairs]
+    subjects: dict[int, list[str]] = {i: [] for i in ids}
+    languages: dict[int, list[str]] = {i: [] for i in ids}
+    if ids:
+        subject_q = (
+            select(TutorSubject.tutor_id, literal("s"), Subject.name)
+            .join(Subject, Subject.id == TutorSubject.subject_id)
+            .where(TutorSubject.tutor_id.in_(ids))
+        )
+        language_q = select(TutorLanguage.tutor_id, literal("l"), TutorLanguage.language).where(
+            TutorLanguage.tutor_id.in_(ids)
+        )
+        for tid, kind, name in (await db.execute(union_all(subject_q, language_q))).all():
+            (subjects if kind == "s" else languages)[tid].append(name)
+    return [TutorCard(u, p, sorted(subjects[u.id]), sorted(languages[u.id])) for u, p in pairs]
 
 
 async def get_public_tutor(db: AsyncSession, tutor_id: int) -> TutorCard:
@@ -242,13 +276,10 @@ async def rebuild_windows(db: AsyncSession, tutor: User, now: datetime | None = 
     now = now or utcnow()
     start = now - timedelta(days=1)
     windows = await tutor_windows(db, tutor, start, now + WINDOW_HORIZON)
+    profile = await db.get(TutorProfile, tutor.id)
+    minutes = profile.session_minutes if profile is not None else 60
     await db.execute(delete(AvailabilityWindow).where(AvailabilityWindow.tutor_id == tutor.id))
-    if windows:
-        await db.execute(
-            insert(AvailabilityWindow),
-            [
-                {"tutor_id": tutor.id, "start_min": epoch_minutes(s), "end_min": epoch_minutes(e)}
-                for s, e in windows
-            ],
-        )
-    return len(windows)
+    rows = window_rows(tutor.id, windows, minutes)
+    if rows:
+        await db.execute(insert(AvailabilityWindow), rows)
+    return len(rows)

@@ -319,9 +319,7 @@ class Fanout:
         self._sinks: list[FrameSink] = []
         self._on_bitrate_limit = on_bitrate_limit
         self.bitrate_limit: int | None = None
-        self.requester = requester or KeyframeRequester(
-            request_keyframe, pending=self._any_waiting
-        )
+        self.requester = requester or KeyframeRequester(request_keyframe, pending=self._any_waiting)
         self.frames_in = 0
         self.keyframes_in = 0
         self.bytes_in = 0

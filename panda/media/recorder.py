@@ -54,6 +54,8 @@ JUMP_THRESHOLD = 1.0
 # How long (seconds of arrival time) a group waits for all its tracks' first usable frames
 # before it writes its file header with the tracks it has.
 HEADER_GRACE = 1.5
+# At the start of a participant's first file, audio may begin this much before the picture.
+AUDIO_LEAD = 0.02
 # Most packets kept in memory for a group whose header is not written yet.
 PENDING_LIMIT = 600
 # Live-writing options: short clusters flushed as soon as they are written, no seeking back.
@@ -213,7 +215,7 @@ class RecorderSink:
             except Exception:
                 log.exception("keyframe request failed")
 
-    def on_frame(self, packet: av.Packet, *, keyframe: bool, arrival: float) -> None:
+    def on_frame(self, packet: av.Packet[Any], *, keyframe: bool, arrival: float) -> None:
         """Take one encoded frame (event loop thread; never blocks)."""
         if self._ended or not self._recorder.accepting:
             return
@@ -351,7 +353,10 @@ class SessionRecorder:
                     self._finish_file(record)
             final_state = "failed" if self.error else "stopped"
             self.state = final_state
-            self._write_manifest()
+            try:
+                self._write_manifest()
+            except OSError as exc:  # the disk that failed the recording may fail this too
+                log.warning("manifest of %s not written: %s", self.directory, exc)
             self._result = self._make_result(final_state)
             return self._result
 
@@ -519,9 +524,18 @@ class SessionRecorder:
         ready = all(t.id in have for t in live)
         if not (force or ready or last_time - first_time >= HEADER_GRACE):
             return
-        tracks = [self._tracks[i] for i in sorted(have)]
-        open_file = self._open_file(group, tracks, origin=min(t for _, t in group.pending))
         pending, group.pending = group.pending, []
+        video_start = min(
+            (t for f, t in pending if self._tracks[f.track_id].kind == "video"), default=None)
+        if video_start is not None and group.segments == 0:
+            # The participant's first file starts with the picture: sound from before the
+            # first keyframe (the wait for it, typically a few hundred ms) is left out, so
+            # audio and video begin and end together.
+            pending = [(f, t) for f, t in pending
+                       if t >= video_start - AUDIO_LEAD or self._tracks[f.track_id].kind == "video"]
+        # Every track that delivered gets its stream, even if its early frames were left out.
+        tracks = [self._tracks[i] for i in sorted(have)]
+        open_file = self._open_file(group, tracks, origin=min(t for _, t in pending))
         for frame, rec_time in pending:
             track = self._tracks[frame.track_id]
             if track.id in open_file.streams:

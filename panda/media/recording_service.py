@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,22 +27,42 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from panda import keys
-from panda.errors import Conflict, Forbidden, NotFound
+from panda.config import ConfigError
+from panda.errors import Conflict, Forbidden, NotFound, PandaError
 from panda.media.recorder import RecordingError, SessionRecorder, recover_recording
 from panda.media.recording_compose import read_progress, start_compose_worker
 from panda.store import recordings as store
 from panda.store.models import Booking, Recording, User
 
-__all__ = ["RECORDINGS", "ActiveRecording", "RecordingService", "recordings_ctx"]
+__all__ = [
+    "RECORDINGS",
+    "ActiveRecording",
+    "RecordingService",
+    "RecordingUnavailable",
+    "combined_options",
+    "recordings_ctx",
+]
 
 log = logging.getLogger(__name__)
 
 COMBINED_NAME = "combined.webm"
 PROGRESS_NAME = "combined-progress.json"
 RETENTION_INTERVAL = 3600.0
+ROOM_CHECK_INTERVAL = 2.0
+# A recording is taken for abandoned when its files have not changed for this long.
+RECOVER_IDLE = 30.0
+RECOVER_INTERVAL = 60.0
+# ... and a combined file when its progress file has not changed for this long.
+COMBINED_IDLE = 300.0
 
 Listener = Callable[[int, dict[str, Any]], Awaitable[None]]
 RoomLookup = Callable[[int], Any]
+
+
+class RecordingUnavailable(PandaError):
+    """Recording cannot run right now (the server cannot write files)."""
+
+    status = 503
 
 
 @dataclass
@@ -69,6 +92,7 @@ class RecordingService:
     _listeners: list[Listener] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _building: set[int] = field(default_factory=set)
 
     # ----- helpers -------------------------------------------------------------------------
 
@@ -94,7 +118,8 @@ class RecordingService:
 
     async def wait_background(self) -> None:
         """Wait until the background work started so far (stops, combined files) is done."""
-        while pending := [t for t in self._tasks if t.get_name() != "recording-retention"]:
+        loops = ("recording-retention", "recording-rooms", "recording-recover")
+        while pending := [t for t in self._tasks if t.get_name() not in loops]:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _notify(self, booking_id: int, message: dict[str, Any]) -> None:
@@ -130,7 +155,18 @@ class RecordingService:
             def on_error(error: RecordingError) -> None:
                 self._spawn(self._stop_after_error(booking_id, str(error)))
 
-            recorder = SessionRecorder(self.recordings_dir / directory, on_error=on_error)
+            try:
+                recorder = SessionRecorder(self.recordings_dir / directory, on_error=on_error)
+            except OSError as exc:
+                async with self.sessionmaker() as db:
+                    row = await db.get(Recording, recording.id)
+                    if row is not None:
+                        row.status = "failed"
+                        row.error = f"could not start writing: {exc}"
+                        row.ended_at = row.started_at
+                        await db.commit()
+                raise RecordingUnavailable(
+                    "The recording could not start: the server cannot write its files.") from exc
 
             def factory(participant_id: str, kind: str, source: str, codec: str) -> Any:
                 participant = getattr(room, "participants", {}).get(participant_id)
@@ -165,6 +201,8 @@ class RecordingService:
             active.room.remove_sink_factory(active.factory)
         result = await active.recorder.stop()
         self._active.pop(active.booking_id, None)
+        if not result.files and not result.error:
+            result.error = "Nothing was recorded: no audio or video reached the server."
         status = "failed" if result.error else "processing"
         async with self.sessionmaker() as db:
             recording = await db.get(Recording, active.recording_id)
@@ -181,6 +219,11 @@ class RecordingService:
                                   f"({result.error}). What was recorded is kept.")
         await self._notify(active.booking_id, message)
         if result.files:
+            async with self.sessionmaker() as db:
+                recording = await db.get(Recording, active.recording_id)
+                if recording is not None:
+                    recording.combined_status = "pending"
+                    await db.commit()
             self._spawn(self.build_combined(active.recording_id), "recording-combined")
         return active.recording_id
 
@@ -200,14 +243,23 @@ class RecordingService:
 
     async def build_combined(self, recording_id: int) -> None:
         """Build the combined file in a low-priority worker process, tracking its progress."""
-        async with self.sessionmaker() as db:
-            recording = await db.get(Recording, recording_id)
-            if recording is None:
-                return
-            directory = self.directory_of(recording)
-            recording.combined_status = "running"
-            recording.combined_progress = 0.0
-            await db.commit()
+        if recording_id in self._building:
+            return
+        self._building.add(recording_id)
+        try:
+            async with self.sessionmaker() as db:
+                recording = await db.get(Recording, recording_id)
+                if recording is None:
+                    return
+                directory = self.directory_of(recording)
+                recording.combined_status = "running"
+                recording.combined_progress = 0.0
+                await db.commit()
+            await self._build_combined(recording_id, directory)
+        finally:
+            self._building.discard(recording_id)
+
+    async def _build_combined(self, recording_id: int, directory: Path) -> None:
         progress_file = directory / PROGRESS_NAME
         width, height = self.compose_size
         process = await start_compose_worker(
@@ -252,14 +304,21 @@ class RecordingService:
                 recording.combined_progress = max(0.0, min(1.0, progress))
                 await db.commit()
 
-    async def recover(self) -> list[int]:
-        """At start: recordings left ``recording`` by a crash are checked, remuxed and marked
-        ``interrupted`` with their real duration; their combined file is built."""
+    async def recover(self, *, min_idle: float = RECOVER_IDLE) -> list[int]:
+        """Recordings left ``recording`` by a crash are checked, remuxed and marked
+        ``interrupted`` with their real duration; their combined file is built.
+
+        Runs at start and then now and again. A recording whose files changed in the last
+        ``min_idle`` seconds is left alone: another server process may be writing it.
+        """
+        running = {a.recording_id for a in self._active.values()}
         async with self.sessionmaker() as db:
             left = await store.active_recordings(db)
             recovered: list[int] = []
             for recording in left:
                 directory = self.directory_of(recording)
+                if recording.id in running or _recently_changed(directory, min_idle):
+                    continue
                 if directory.exists():
                     result = await asyncio.to_thread(recover_recording, directory)
                     # It ended when its last file did, not now.
@@ -271,10 +330,27 @@ class RecordingService:
                 await store.audit(db, None, "recording.recovered", recording.id,
                                   {"duration": recording.duration_seconds})
                 recovered.append(recording.id)
+            # Combined files a stopped server never finished are built again (unless a worker
+            # of another process is still reporting progress on it).
+            unfinished = [
+                r for r in await store.unfinished_combined(db)
+                if r.id not in recovered and r.id not in self._building
+                and not _recently_changed(self.directory_of(r), COMBINED_IDLE, PROGRESS_NAME)
+            ]
+            for row in unfinished:
+                row.combined_status = "pending"
             await db.commit()
-        for recording_id in recovered:
+        for recording_id in [*recovered, *(r.id for r in unfinished)]:
             self._spawn(self.build_combined(recording_id), "recording-combined")
         return recovered
+
+    async def _recover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECOVER_INTERVAL)
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("recovering recordings failed")
 
     async def delete(self, recording: Recording, *, actor_id: int | None, reason: str) -> None:
         """Delete a recording's files and row, and log it (the caller commits)."""
@@ -303,6 +379,27 @@ class RecordingService:
             await self.delete(recording, actor_id=None, reason="retention")
         return len(expired)
 
+    async def check_rooms(self) -> None:
+        """Stop recordings whose call is over (its media room closed or replaced)."""
+        for active in list(self._active.values()):
+            if active.stopping or self.room_lookup is None:
+                continue
+            try:
+                room = self.room_lookup(active.booking_id)
+            except Exception:
+                log.exception("room lookup failed")
+                continue
+            if room is not active.room:
+                await asyncio.shield(self._finish(active, None, "call ended"))
+
+    async def _watch_rooms(self) -> None:
+        while True:
+            await asyncio.sleep(ROOM_CHECK_INTERVAL)
+            try:
+                await self.check_rooms()
+            except Exception:
+                log.exception("checking recorded rooms failed")
+
     async def _retention_loop(self) -> None:
         while True:
             try:
@@ -323,13 +420,45 @@ class RecordingService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def combined_options(env: Mapping[str, str]) -> tuple[tuple[int, int], int]:
+    """Picture size and frame rate of combined files: PANDA_RECORDING_COMBINED_SIZE
+    ("1280x720") and PANDA_RECORDING_COMBINED_FPS (15); ConfigError on bad values."""
+    raw_size = env.get("PANDA_RECORDING_COMBINED_SIZE", "").strip() or "1280x720"
+    match = re.fullmatch(r"(\d{2,4})x(\d{2,4})", raw_size)
+    if match is None or int(match[1]) % 2 or int(match[2]) % 2 or min(
+            int(match[1]), int(match[2])) < 64:
+        raise ConfigError("PANDA_RECORDING_COMBINED_SIZE must look like 1280x720 "
+                          f"(even numbers, at least 64), not {raw_size!r}")
+    raw_fps = env.get("PANDA_RECORDING_COMBINED_FPS", "").strip() or "15"
+    if not raw_fps.isdigit() or not 1 <= int(raw_fps) <= 60:
+        raise ConfigError(f"PANDA_RECORDING_COMBINED_FPS must be 1 to 60, not {raw_fps!r}")
+    return (int(match[1]), int(match[2])), int(raw_fps)
+
+
+def _recently_changed(directory: Path, seconds: float, name: str | None = None) -> bool:
+    """True if a file in ``directory`` (or just ``name``) changed in the last ``seconds``."""
+    if seconds <= 0 or not directory.is_dir():
+        return False
+    now = time.time()
+    paths = [directory / name] if name else list(directory.iterdir())
+    for path in paths:
+        try:
+            if now - path.stat().st_mtime < seconds:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 RECORDINGS: web.AppKey[RecordingService] = web.AppKey("recordings", RecordingService)
 
 
 async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the service, crash recovery at start, the retention loop."""
     settings = app[keys.settings]
-    service = RecordingService(settings.recordings_dir, app[keys.sessionmaker])
+    size, fps = combined_options(os.environ)
+    service = RecordingService(settings.recordings_dir, app[keys.sessionmaker],
+                               compose_size=size, compose_fps=fps)
     settings.recordings_dir.mkdir(parents=True, exist_ok=True)
     app[RECORDINGS] = service
     try:
@@ -337,5 +466,7 @@ async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     except Exception:
         log.exception("recording recovery failed")
     service._spawn(service._retention_loop(), "recording-retention")
+    service._spawn(service._watch_rooms(), "recording-rooms")
+    service._spawn(service._recover_loop(), "recording-recover")
     yield
     await service.close()

@@ -48,8 +48,13 @@ INITIAL_OFFER_DELAY = 1.0
 CLOSE_TIMEOUT = 10.0
 MEDIA_TIMEOUT = 15.0  # no packet at all from a connected participant this long = vanished
 
-_STATE_MAP = {"new": "connecting", "connecting": "connecting", "connected": "connected",
-              "failed": "failed", "closed": "closed"}
+_STATE_MAP = {
+    "new": "connecting",
+    "connecting": "connecting",
+    "connected": "connected",
+    "failed": "failed",
+    "closed": "closed",
+}
 
 
 @dataclass(eq=False)
@@ -288,7 +293,8 @@ class Participant:
             rx = aiortc_patches.transport_counters(self.pc)[0]
             now = time.monotonic()
             active = self.pc.connectionState == "connected" and bool(
-                self._publications or self._subscriptions)
+                self._publications or self._subscriptions
+            )
             if rx != last_rx or not active:
                 last_rx, last_change = rx, now
             elif now - last_change > silence:
@@ -393,8 +399,10 @@ class Participant:
             if media.kind == "application" or media.rtp.muxId in sub_mids:
                 continue
             if media.port == 0:
-                raise _sdp_error("rejected or stopped media sections are not supported; "
-                                 "use removeTrack instead of stopping a transceiver")
+                raise _sdp_error(
+                    "rejected or stopped media sections are not supported; "
+                    "use removeTrack instead of stopping a transceiver"
+                )
             mimes = aiortc_patches.common_codec_mimes(media.kind, media.rtp.codecs)
             if media.kind == "audio":
                 if AUDIO_MIME not in mimes:
@@ -503,8 +511,9 @@ class Participant:
         cameras = [p for p in self._publications.values() if p.source == "camera" and p.mid != mid]
         return "screen" if cameras else "camera"
 
-    def _publish(self, transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters,
-                 source: str) -> Publication:
+    def _publish(
+        self, transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters, source: str
+    ) -> Publication:
         tap = self._taps.get(transceiver) or aiortc_patches.tap_receiver(transceiver.receiver)
         self._taps[transceiver] = tap
 
@@ -525,8 +534,9 @@ class Participant:
             on_bitrate_limit=on_bitrate_limit,
         )
         assert transceiver.mid is not None
-        pub = Publication(self, transceiver.mid, transceiver.kind, source, codec, transceiver,
-                          tap, fanout)
+        pub = Publication(
+            self, transceiver.mid, transceiver.kind, source, codec, transceiver, tap, fanout
+        )
         tap.on_frame = pub.on_frame
         self._publications[pub.mid] = pub
         self.room._attach_sinks(pub)
@@ -804,8 +814,9 @@ class Participant:
                 if sub.transceiver.mid is not None
             }
             self.offers_sent += 1
-            await self._deliver({"type": "offer", "sdp": self.pc.localDescription.sdp,
-                                 "tracks": tracks})
+            await self._deliver(
+                {"type": "offer", "sdp": self.pc.localDescription.sdp, "tracks": tracks}
+            )
 
 
 class Room:
@@ -826,14 +837,22 @@ class Room:
     def participants(self) -> Mapping[str, Participant]:
         return MappingProxyType(self._participants)
 
-    async def join(self, participant_id: str, *, name: str, role: str, send: SendFn,
-                   on_state: StateFn | None = None) -> Participant:
+    async def join(
+        self,
+        participant_id: str,
+        *,
+        name: str,
+        role: str,
+        send: SendFn,
+        on_state: StateFn | None = None,
+    ) -> Participant:
         """Add a participant (replacing one with the same id: reload or reconnect)."""
         if self.closed:
             raise SignalError("closed", "this call has ended")
         old = self._participants.pop(participant_id, None)
-        participant = Participant(self, participant_id, name=name, role=role, send=send,
-                                  on_state=on_state)
+        participant = Participant(
+            self, participant_id, name=name, role=role, send=send, on_state=on_state
+        )
         participant._start()
         self._participants[participant_id] = participant
         if old is not None:
@@ -889,8 +908,9 @@ class Room:
         for participant in list(self._participants.values()):
             participant.schedule_renegotiation()
 
-    def codec_preferences(self, kind: str, codec: RTCRtpCodecParameters) -> list[
-            RTCRtpCodecCapability]:
+    def codec_preferences(
+        self, kind: str, codec: RTCRtpCodecParameters
+    ) -> list[RTCRtpCodecCapability]:
         """Codec preferences for a subscriber transceiver: the publication's codec (+ RTX)."""
         capabilities = RTCRtpSender.getCapabilities(kind).codecs
         mime = codec.mimeType.lower()
@@ -927,6 +947,9 @@ class Room:
             logger.exception("sink factory failed for %s/%s", pub.participant.id, pub.mid)
             return
         if sink is not None:
+            if hasattr(sink, "request_keyframe"):
+                # A sink that can wait for a keyframe mid-track (the recorder) may ask for one.
+                sink.request_keyframe = pub.fanout.request_keyframe
             pub.fanout.add_sink(sink)
             self._sinks.setdefault(factory, []).append((pub, sink))
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from panda.passwords import hash_password_async, password_problem
-from panda.store.models import ROLES, OneTimeToken, User
+from panda.store.models import ROLES, OneTimeToken, User, UserSession
 from panda.store.types import utcnow
 from panda.store.users import normalise_email
 
@@ -344,3 +344,61 @@ async def role_counts(db: AsyncSession) -> dict[str, int]:
     counts = {role: 0 for role in ROLES}
     counts.update({str(r): int(c) for r, c in rows})
     return counts
+
+
+async def active_sessions(db: AsyncSession, user_id: int, lifetime: timedelta) -> list[UserSession]:
+    """The user's live login sessions, most recently used first."""
+    return list(
+        (
+            await db.execute(
+                select(UserSession)
+                .where(
+                    UserSession.user_id == user_id,
+                    UserSession.revoked_at.is_(None),
+                    UserSession.created_at > utcnow() - lifetime,
+                )
+                .order_by(UserSession.last_seen_at.desc())
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+def describe_user_agent(agent: str | None) -> str:
+    """A short human name for a browser's User-Agent ("Firefox on Windows")."""
+    ua = agent or ""
+    browser = next(
+        (
+            name
+            for token, name in (
+                ("Edg/", "Edge"),
+                ("OPR/", "Opera"),
+                ("Firefox/", "Firefox"),
+                ("Chrome/", "Chrome"),
+                ("Chromium/", "Chromium"),
+                ("Safari/", "Safari"),
+                ("curl/", "curl"),
+                ("python", "a script"),
+            )
+            if token.lower() in ua.lower()
+        ),
+        "A browser",
+    )
+    system = next(
+        (
+            name
+            for token, name in (
+                ("Android", "Android"),
+                ("iPhone", "iPhone"),
+                ("iPad", "iPad"),
+                ("Windows", "Windows"),
+                ("Mac OS X", "macOS"),
+                ("CrOS", "ChromeOS"),
+                ("Linux", "Linux"),
+            )
+            if token in ua
+        ),
+        "",
+    )
+    return f"{browser} on {system}" if system else browser

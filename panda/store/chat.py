@@ -100,6 +100,32 @@ async def open_conversation(db: AsyncSession, me: User, other_id: int) -> tuple[
     return conversation, True
 
 
+async def ensure_conversation(db: AsyncSession, student_id: int, tutor_id: int) -> Conversation:
+    """The conversation of a booked pair, created if needed (no rule checks: the caller knows
+    the two are a student and a tutor with a booking). Commits when it creates."""
+    existing = await get_conversation_between(db, student_id, tutor_id)
+    if existing is not None:
+        return existing
+    conversation = Conversation(pair_key=pair_key(student_id, tutor_id), last_seq=0)
+    db.add(conversation)
+    try:
+        await db.flush()
+        db.add_all(
+            [
+                ConversationMember(conversation_id=conversation.id, user_id=student_id),
+                ConversationMember(conversation_id=conversation.id, user_id=tutor_id),
+            ]
+        )
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        existing = await get_conversation_between(db, student_id, tutor_id)
+        if existing is None:
+            raise
+        return existing
+    return conversation
+
+
 async def member_ids(db: AsyncSession, conversation_id: int) -> list[int]:
     """The ids of the users in a conversation."""
     rows = await db.execute(
@@ -392,6 +418,14 @@ async def conversation_has_report(db: AsyncSession, conversation_id: int) -> boo
         select(ChatReport.id).where(ChatReport.conversation_id == conversation_id).limit(1)
     )
     return found.first() is not None
+
+
+async def reported_message_ids(db: AsyncSession, conversation_id: int) -> set[int]:
+    """Ids of the messages of a conversation that someone reported."""
+    rows = await db.execute(
+        select(ChatReport.message_id).where(ChatReport.conversation_id == conversation_id)
+    )
+    return {int(r) for r in rows.scalars()}
 
 
 async def resolve_report(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, delete, false, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -39,6 +39,7 @@ __all__ = [
     "participant_filter_users",
     "recording_files",
     "save_result",
+    "unfinished_combined",
     "update_settings",
 ]
 
@@ -85,15 +86,26 @@ async def update_settings(
     return row
 
 
-def _visible(stmt: Select[Any], viewer: User, students_can_view: bool) -> Select[Any]:
+def _visible(viewer: User, students_can_view: bool) -> ColumnElement[bool]:
     """Deny by default: admins see all, tutors their sessions, students theirs if allowed."""
     if viewer.is_admin:
-        return stmt
+        return true()
     if viewer.is_tutor:
-        return stmt.where(Recording.tutor_id == viewer.id)
+        return Recording.tutor_id == viewer.id
     if viewer.is_student and students_can_view:
-        return stmt.where(Recording.student_id == viewer.id)
-    return stmt.where(Recording.id.is_(None))
+        return Recording.student_id == viewer.id
+    return false()
+
+
+def _with_names() -> Select[Recording, str, str, str]:
+    tutor = aliased(User)
+    student = aliased(User)
+    return (
+        select(Recording, tutor.name, student.name, Booking.subject)
+        .join(Booking, Booking.id == Recording.booking_id)
+        .outerjoin(tutor, tutor.id == Recording.tutor_id)
+        .outerjoin(student, student.id == Recording.student_id)
+    )
 
 
 def can_manage(viewer: User) -> bool:
@@ -112,25 +124,18 @@ async def list_recordings(
 ) -> tuple[list[RecordingRow], int]:
     """Recordings the viewer may see, newest first, with the total count."""
     filters = filters or RecordingFilters()
-    tutor = aliased(User)
-    student = aliased(User)
-    stmt = (
-        select(Recording, tutor.name, student.name, Booking.subject)
-        .join(Booking, Booking.id == Recording.booking_id)
-        .outerjoin(tutor, tutor.id == Recording.tutor_id)
-        .outerjoin(student, student.id == Recording.student_id)
-    )
-    stmt = _visible(stmt, viewer, students_can_view)
+    conditions: list[ColumnElement[bool]] = [_visible(viewer, students_can_view)]
     if filters.tutor_id is not None:
-        stmt = stmt.where(Recording.tutor_id == filters.tutor_id)
+        conditions.append(Recording.tutor_id == filters.tutor_id)
     if filters.student_id is not None:
-        stmt = stmt.where(Recording.student_id == filters.student_id)
+        conditions.append(Recording.student_id == filters.student_id)
     if filters.date_from is not None:
-        stmt = stmt.where(Recording.started_at >= filters.date_from)
+        conditions.append(Recording.started_at >= filters.date_from)
     if filters.date_to is not None:
-        stmt = stmt.where(Recording.started_at < filters.date_to)
+        conditions.append(Recording.started_at < filters.date_to)
     if filters.status is not None:
-        stmt = stmt.where(Recording.status == filters.status)
+        conditions.append(Recording.status == filters.status)
+    stmt = _with_names().where(*conditions)
     total = (await db.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
     rows = (
         await db.execute(
@@ -146,16 +151,8 @@ async def get_visible_recording(
     db: AsyncSession, recording_id: int, viewer: User, *, students_can_view: bool
 ) -> RecordingRow:
     """One recording the viewer may see; NotFound otherwise (its existence stays hidden)."""
-    tutor = aliased(User)
-    student = aliased(User)
-    stmt = (
-        select(Recording, tutor.name, student.name, Booking.subject)
-        .join(Booking, Booking.id == Recording.booking_id)
-        .outerjoin(tutor, tutor.id == Recording.tutor_id)
-        .outerjoin(student, student.id == Recording.student_id)
-        .where(Recording.id == recording_id)
-    )
-    row = (await db.execute(_visible(stmt, viewer, students_can_view))).first()
+    stmt = _with_names().where(Recording.id == recording_id, _visible(viewer, students_can_view))
+    row = (await db.execute(stmt)).first()
     if row is None:
         raise NotFound("There is no such recording.")
     recording, tutor_name, student_name, subject = row
@@ -193,6 +190,17 @@ async def create_recording(
 async def active_recordings(db: AsyncSession) -> list[Recording]:
     """Rows still marked ``recording`` (after a crash: to recover)."""
     rows = await db.execute(select(Recording).where(Recording.status == "recording"))
+    return list(rows.scalars())
+
+
+async def unfinished_combined(db: AsyncSession) -> list[Recording]:
+    """Stopped recordings whose combined file was never finished (the server stopped)."""
+    rows = await db.execute(
+        select(Recording).where(
+            Recording.status != "recording",
+            Recording.combined_status.in_(("pending", "running")),
+        )
+    )
     return list(rows.scalars())
 
 

@@ -53,9 +53,23 @@ async def _dummy_password_hash() -> str:
     return _dummy_hash
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
 def client_ip(request: web.Request) -> str:
-    """The peer address (a reverse proxy should be configured to pass the real one)."""
-    return request.remote or "unknown"
+    """The client's address for throttling.
+
+    Behind a reverse proxy on the same machine (the peer is loopback), the proxy's own entry in
+    X-Forwarded-For (the last one) names the client; earlier entries are client-supplied and
+    ignored. Otherwise the peer address itself.
+    """
+    peer = request.remote or "unknown"
+    if peer in _LOOPBACK:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last and len(last) <= 64 and all(c in "0123456789abcdefABCDEF.:" for c in last):
+            return last
+    return peer
 
 
 def _redirect(location: str, headers: dict[str, str] | None = None) -> web.HTTPSeeOther:
@@ -82,11 +96,13 @@ async def signup_page(request: web.Request) -> web.StreamResponse:
 async def signup_submit(request: web.Request) -> web.StreamResponse:
     """Create the account, log it in and mail the confirmation link."""
     form = await read_form(request)
-    await ratelimit.consume(
-        get_limiter(request.app),
+    limiter = get_limiter(request.app)
+    # Only accounts actually created count, so a class signing up together is not blocked by typos.
+    await ratelimit.check(
+        limiter,
         ratelimit.SIGNUP_PER_IP,
         client_ip(request),
-        "Too many sign-ups from your network. Please try again later.",
+        "Many accounts were created from your network in the last hour. Please try again later.",
     )
     data, errors = validate_signup(form)
     async with request.app[keys.sessionmaker]() as db:
@@ -111,6 +127,7 @@ async def signup_submit(request: web.Request) -> web.StreamResponse:
             await db.rollback()
             errors["email"] = EMAIL_EXISTS
             return render(request, "signup.html", _signup_context(form, errors), status=422)
+    await ratelimit.hit(limiter, ratelimit.SIGNUP_PER_IP, client_ip(request))
     await account_mail.send_verification(request.app, user, token)
     flash(
         request,
@@ -223,10 +240,12 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     try:
         user = await authenticate(request, email, password)
     except RateLimited as exc:
+        minutes = max(1, (exc.retry_after + 59) // 60)
+        wait = f"{minutes} minute{'s' if minutes != 1 else ''}"
         return render(
             request,
             "login.html",
-            {**ctx, "error": exc.message},
+            {**ctx, "error": f"Too many failed attempts. Please try again in {wait}."},
             status=429,
             headers={"Retry-After": str(exc.retry_after)},
         )

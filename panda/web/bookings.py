@@ -603,6 +603,9 @@ def setup(app: web.Application) -> None:
     app.setdefault(NAV_EXTRA_KEY, []).append(
         {"href": "/bookings", "label": "Sessions", "role": "student,tutor"}
     )
+    from panda.bus import setup_bus
+
+    setup_bus(app)  # before the scheduler, which takes its lease through the bus
     app.cleanup_ctx.append(scheduler_ctx)
     b = r"/bookings/{booking_id:\d+}"
     app.router.add_get("/tutors/{tutor_id}/book", book_page)

@@ -56,6 +56,7 @@ SERVER_TYPES = frozenset(
         "participant-state",
         "error",
         "redirect",
+        "recording",
     }
 )
 SOURCES = frozenset({"camera", "microphone", "screen"})
@@ -280,6 +281,15 @@ CALL_HUB: web.AppKey[CallHub] = web.AppKey("call_hub", CallHub)
 ROOMS: web.AppKey[Any] = web.AppKey("call_rooms", object)
 
 
+def recordings_of(app: web.Application) -> Any:
+    """The recording service, when the recordings area is part of this app."""
+    try:
+        from panda.media.recording_service import RECORDINGS
+    except ImportError:  # pragma: no cover - recordings are an optional part
+        return None
+    return app.get(RECORDINGS)
+
+
 def allowed_origins(request: web.Request) -> set[str]:
     """The origins a call page can be served from: the configured base URL and this host."""
     base = urlsplit(request.app[keys.settings].base_url)
@@ -450,6 +460,10 @@ class CallSession:
                 "role": self.conn.role,
                 "participants": others,
                 "ice_servers": list(settings.ice_servers),
+                "recording": bool(
+                    (service := recordings_of(self.app)) is not None
+                    and service.is_recording(self.booking_id)
+                ),
             }
         )
         room = rooms.get_or_create(room_key(self.booking_id))

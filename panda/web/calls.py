@@ -19,6 +19,7 @@ from panda.store.models import User
 from panda.web import call_ws
 from panda.web.auth import require_user
 from panda.web.call_ws import CALL_HUB, ROOMS, room_key
+from panda.web.call_ws import recordings_of as _recordings
 from panda.web.render import render
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,13 @@ async def room_stats(request: web.Request) -> web.Response:
 
 
 async def _close_call(app: web.Application, booking_id: int) -> None:
-    """Tell the participants the call ended and free its media room."""
+    """Stop its recording, tell the participants the call ended and free its media room."""
+    service = _recordings(app)
+    if service is not None:
+        try:
+            await service.stop_for_room(booking_id, "call ended")
+        except Exception:
+            log.exception("stopping the recording of session %s failed", booking_id)
     await app[CALL_HUB].end(booking_id)
     rooms = app.get(ROOMS)
     if rooms is not None:
@@ -312,10 +319,21 @@ def _create_registry(app: web.Application) -> Any:
     return RoomRegistry(config)
 
 
+async def _start_ice_network(app: web.Application) -> Any:
+    """The ICE-TCP listener and gathering options (UDP ports, public address) of the relay."""
+    try:
+        from panda.media.ice_tcp import IceNetwork
+    except ImportError:
+        return None
+    return await IceNetwork.start(app[keys.settings])
+
+
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     # Tests may install their own registry before the app starts.
     owned = ROOMS not in app
+    network = None
     if owned:
+        network = await _start_ice_network(app)
         app[ROOMS] = _create_registry(app)
     sweeper = asyncio.create_task(_sweeper(app), name="call-room-sweeper")
     try:
@@ -327,6 +345,8 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
         rooms = app.get(ROOMS)
         if owned and rooms is not None:
             await rooms.close()
+        if network is not None:
+            await network.close()
 
 
 async def _close_sockets(app: web.Application) -> None:

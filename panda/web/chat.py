@@ -324,6 +324,7 @@ async def admin_resolve(request: web.Request) -> web.StreamResponse:
         report = await store.resolve_report(db, report_id, admin.id, form.get("action", ""))
     if report.status == "actioned":
         await chat.forget_cache(request.app, report.conversation_id)
+        await chat.announce_hidden(request.app, report.message_id)
         flash(request, "The message is hidden and the report closed.", "success")
     else:
         flash(request, "The report was dismissed.", "success")
@@ -346,6 +347,7 @@ async def admin_conversation(request: web.Request) -> web.StreamResponse:
         )
         await db.commit()
         rows = await store.messages_page(db, conversation_id, limit=500)
+        reported = await store.reported_message_ids(db, conversation_id)
     return render(
         request,
         "chat/admin_conversation.html",
@@ -353,6 +355,7 @@ async def admin_conversation(request: web.Request) -> web.StreamResponse:
             "conversation_id": conversation_id,
             "members": [u for u in users if u is not None],
             "messages": [(m, name) for m, name in rows],
+            "reported": reported,
             "linkify": linkify,
         },
     )

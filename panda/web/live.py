@@ -6,10 +6,11 @@ Events (server → client): `hello`, `message` (chat; exactly once and in order 
 Client → server: `watch` {conversation_id, after_seq} (resume a conversation from the last seq
 the page has), `read` {conversation_id, seq}, `ping`.
 
-Delivery rule per conversation: the connection remembers the last seq it delivered; a bus event
-that skips ahead is preceded by the missing messages read from the database, an event at or
+Delivery rule per watched conversation: the connection remembers the last seq it delivered; a bus
+event that skips ahead is preceded by the missing messages read from the database, an event at or
 below it is dropped. After the bus reconnects (Redis restarted) every watched conversation is
-re-read from the database. So a page never loses or duplicates a message.
+re-read from the database. So a page never loses or duplicates a message. Messages of
+conversations the tab does not watch are passed on as they come (for unread badges).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PRESENCE_TTL = 60.0
 PRESENCE_REFRESH = 20.0
 FILL_PAGE = 200
 MAX_CLIENT_MESSAGE = 4096
+CLIENT_MESSAGES_PER_SECOND = 20
 
 SnapshotProvider = Callable[[web.Application, User], Awaitable[list[dict[str, Any]]]]
 # Other areas append providers here to send their current state when a tab connects
@@ -55,6 +57,56 @@ async def publish_to_user(app: web.Application, user_id: int, event: dict[str, A
 async def publish_to_admins(app: web.Application, event: dict[str, Any]) -> bool:
     """Push `event` to every open tab of every admin (e.g. {"type": "sessions", ...})."""
     return await app[BUS].publish(ADMIN_CHANNEL, event)
+
+
+async def sessions_in_progress(app: web.Application) -> dict[str, Any]:
+    """The admins' `sessions` event: bookings in progress or scheduled for right now."""
+    from sqlalchemy.orm import aliased
+
+    from panda.store.models import Booking
+    from panda.store.types import utcnow
+
+    student = aliased(User)
+    tutor = aliased(User)
+    now = utcnow()
+    async with app[keys.sessionmaker]() as db:
+        rows = await db.execute(
+            select(Booking, student.name, tutor.name)
+            .join(student, student.id == Booking.student_id)
+            .join(tutor, tutor.id == Booking.tutor_id)
+            .where(
+                (Booking.status == "in_progress")
+                | (
+                    (Booking.status == "scheduled")
+                    & (Booking.start_at <= now)
+                    & (Booking.end_at > now)
+                )
+            )
+            .order_by(Booking.start_at)
+        )
+        sessions = [
+            {
+                "id": booking.id,
+                "subject": booking.subject,
+                "status": booking.status,
+                "student": student_name,
+                "tutor": tutor_name,
+                "start_at": booking.start_at.isoformat(),
+                "end_at": booking.end_at.isoformat(),
+            }
+            for booking, student_name, tutor_name in rows.all()
+        ]
+    return {"type": "sessions", "sessions": sessions}
+
+
+async def publish_sessions_changed(app: web.Application) -> bool:
+    """Recompute the sessions in progress and push them to every admin tab (call it when a
+    session starts or ends)."""
+    return await publish_to_admins(app, await sessions_in_progress(app))
+
+
+async def _admin_sessions_snapshot(app: web.Application, user: User) -> list[dict[str, Any]]:
+    return [await sessions_in_progress(app)] if user.is_admin else []
 
 
 def presence_key(user_id: int) -> str:
@@ -138,9 +190,19 @@ class LiveConnection:
 
     # -- sources ---------------------------------------------------------------------------------
     async def _read_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        window_start, count = loop.time(), 0
         try:
             async for msg in self.ws:
                 if msg.type != WSMsgType.TEXT:
+                    continue
+                now = loop.time()
+                if now - window_start >= 1.0:
+                    window_start, count = now, 0
+                count += 1
+                if count > CLIENT_MESSAGES_PER_SECOND:
+                    if count == CLIENT_MESSAGES_PER_SECOND + 1:
+                        await self.inbox.put(("error", {"error": "Slow down.", "status": 429}))
                     continue
                 if len(msg.data) > MAX_CLIENT_MESSAGE:
                     await self.inbox.put(("error", {"error": "Message too large."}))
@@ -210,9 +272,13 @@ class LiveConnection:
         conversation_id = int(event["conversation_id"])
         seq = int(event["message"]["seq"])
         cursor = self.cursors.get(conversation_id)
-        if cursor is not None and seq <= cursor:
+        if cursor is None:
+            # Not watched by this tab (e.g. the conversation list): a notification only.
+            await self.send(event)
+            return
+        if seq <= cursor:
             return  # already delivered (from the database or an earlier event)
-        if cursor is not None and seq > cursor + 1:
+        if seq > cursor + 1:
             # Events can overtake each other between processes: deliver in stored order.
             await self._fill(conversation_id)
             if seq <= self.cursors[conversation_id]:
@@ -249,9 +315,10 @@ class LiveConnection:
                 raise _ClientError("after_seq must be a whole number.")
             async with self.app[keys.sessionmaker]() as db:
                 conversation, _ = await store.conversation_for(db, conversation_id, self.user.id)
-            known = self.cursors.get(conversation_id)
             start = conversation.last_seq if after is None else after
-            self.cursors[conversation_id] = max(start, known or 0)
+            known = self.cursors.get(conversation_id)
+            # Watching again on the same connection never goes back (nothing is sent twice).
+            self.cursors[conversation_id] = start if known is None else max(start, known)
             await self._fill(conversation_id)
             await self.send(
                 {
@@ -350,6 +417,6 @@ def setup(app: web.Application) -> None:
     """Register /ws/live and make sure the bus exists."""
     setup_bus(app)
     app[CONNECTIONS] = set()
-    app.setdefault(LIVE_SNAPSHOTS, [])
+    app.setdefault(LIVE_SNAPSHOTS, []).append(_admin_sessions_snapshot)
     app.on_shutdown.append(_close_all)
     app.router.add_get("/ws/live", live_ws, name="live_ws")

@@ -61,6 +61,8 @@ async def dashboard_context(request: web.Request, user: User) -> dict[str, Any]:
         )
         users = await bk.people(db, upcoming + pending)
         out["market_upcoming"] = upcoming
+        # The dashboard's own "Upcoming sessions" slot renders dashboard/_session_list.html.
+        out["upcoming_sessions"] = upcoming
         out["market_pending"] = pending
         out["market_users"] = users
         out["market_join_from"] = now + timedelta(minutes=15)

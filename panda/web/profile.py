@@ -15,16 +15,24 @@ from panda.errors import BadRequest, NotFound, TooLarge
 from panda.images import MAX_UPLOAD_BYTES, ImageRejected, process_photo_async
 from panda.passwords import password_problem, verify_password_async
 from panda.store.accounts import (
+    active_sessions,
     clean_bio,
     clean_interests,
     clean_name,
+    describe_user_agent,
     is_timezone,
     set_password,
     timezone_groups,
 )
 from panda.store.models import Booking, User
 from panda.web import account_mail
-from panda.web.auth import current_user, end_other_sessions, flash, require_user
+from panda.web.auth import (
+    SESSION_LIFETIME,
+    current_user,
+    end_other_sessions,
+    flash,
+    require_user,
+)
 from panda.web.forms import read_form
 from panda.web.render import render
 
@@ -71,10 +79,37 @@ def _context(user: User, **extra: object) -> dict[str, object]:
     return ctx
 
 
+async def _render_profile(
+    request: web.Request, user: User, status: int = 200, **extra: object
+) -> web.Response:
+    async with request.app[keys.sessionmaker]() as db:
+        sessions = await active_sessions(db, user.id, SESSION_LIFETIME)
+    devices = [
+        {
+            "name": describe_user_agent(s.user_agent),
+            "ip": s.ip or "",
+            "last_seen_at": s.last_seen_at,
+            "current": s.id == request.get(keys.session_id),
+        }
+        for s in sessions
+    ]
+    return render(request, "profile.html", _context(user, devices=devices, **extra), status=status)
+
+
 async def profile_page(request: web.Request) -> web.StreamResponse:
     """The logged-in user's profile."""
     user = require_user(request)
-    return render(request, "profile.html", _context(user))
+    return await _render_profile(request, user)
+
+
+async def end_sessions(request: web.Request) -> web.StreamResponse:
+    """Log out every other device."""
+    user = require_user(request)
+    async with request.app[keys.sessionmaker]() as db:
+        await end_other_sessions(db, user.id, keep=request.get(keys.session_id))
+        await db.commit()
+    flash(request, "Your other devices are logged out.", "success")
+    raise web.HTTPSeeOther("/profile")
 
 
 async def profile_update(request: web.Request) -> web.StreamResponse:
@@ -96,9 +131,7 @@ async def profile_update(request: web.Request) -> web.StreamResponse:
         errors["interests"] = problem
     if errors:
         values = {k: form.get(k, "") for k in ("name", "timezone", "bio", "interests")}
-        return render(
-            request, "profile.html", _context(user, form=values, errors=errors), status=422
-        )
+        return await _render_profile(request, user, 422, form=values, errors=errors)
     async with request.app[keys.sessionmaker]() as db:
         fresh = await db.get(User, user.id)
         assert fresh is not None
@@ -120,19 +153,14 @@ async def photo_upload(request: web.Request) -> web.StreamResponse:
     data = await request.post()
     field = data.get("photo")
     if not isinstance(field, web.FileField):
-        return render(
-            request,
-            "profile.html",
-            _context(user, photo_error="Choose a photo to upload."),
-            status=422,
-        )
+        return await _render_profile(request, user, 422, photo_error="Choose a photo to upload.")
     raw = field.file.read(MAX_UPLOAD_BYTES + 1)
     if len(raw) > MAX_UPLOAD_BYTES:
         raise TooLarge("The photo is larger than 5 MB. Choose a smaller one.")
     try:
         processed = await process_photo_async(raw)
     except ImageRejected as exc:
-        return render(request, "profile.html", _context(user, photo_error=str(exc)), status=422)
+        return await _render_profile(request, user, 422, photo_error=str(exc))
     name = f"{secrets.token_hex(16)}.webp"
     await asyncio.to_thread(_write_file, _photo_path(request.app, name), processed)
     async with request.app[keys.sessionmaker]() as db:
@@ -178,9 +206,7 @@ async def password_change(request: web.Request) -> web.StreamResponse:
         elif form.get("password_confirm", "") != new:
             errors["password_confirm"] = "The two passwords do not match."
         if errors:
-            return render(
-                request, "profile.html", _context(user, password_errors=errors), status=422
-            )
+            return await _render_profile(request, user, 422, password_errors=errors)
         await set_password(db, fresh, new)
         await end_other_sessions(db, fresh.id, keep=request.get(keys.session_id))
         await db.commit()
@@ -248,4 +274,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/profile/photo", photo_upload, name="profile_photo")
     app.router.add_post("/profile/photo/delete", photo_delete)
     app.router.add_post("/profile/password", password_change, name="profile_password")
+    app.router.add_post("/profile/sessions/end-others", end_sessions)
     app.router.add_get(r"/users/{user_id}/photo", photo, name="user_photo")

@@ -7,6 +7,7 @@ from aiohttp import web
 from panda.web import (
     accounts,
     admin,
+    admin_market,
     api_auth,
     bookings,
     calendar,
@@ -18,6 +19,7 @@ from panda.web import (
     notifications,
     openapi,
     profile,
+    questions,
     recordings,
     tutors,
 )
@@ -35,6 +37,8 @@ AREAS = [
     calendar,
     notifications,
     market_dashboard,
+    admin_market,
+    questions,
     calls,
     chat,
     live,

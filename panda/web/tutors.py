@@ -164,7 +164,8 @@ OPENAPI: dict[str, Any] = {
 
 
 async def _search(request: web.Request) -> tuple[Any, list[Any], int]:
-    q = parse_query(request.query)
+    viewer = current_user(request)
+    q = parse_query(request.query, tz=viewer.timezone if viewer else "UTC")
     async with request.app[keys.sessionmaker]() as db:
         if q.errors:
             return q, [], 0
@@ -382,7 +383,6 @@ async def _apply_profile(db: Any, tutor: User, values: dict[str, Any]) -> None:
     profile = await ensure_profile(db, tutor)
     user = await db.get(User, tutor.id)
     user.bio = values["bio"]
-    zone_changed = user.timezone != values["timezone"]
     user.timezone = values["timezone"]
     for name in (
         "headline",
@@ -402,8 +402,9 @@ async def _apply_profile(db: Any, tutor: User, values: dict[str, Any]) -> None:
     profile.updated_at = utcnow()
     await set_subjects(db, tutor.id, values["subjects"])
     await set_languages(db, tutor.id, values["languages"])
-    if zone_changed:
-        await rebuild_windows(db, user)
+    # Windows carry the zone's offsets and the session length: rebuild on every save.
+    await db.flush()
+    await rebuild_windows(db, user)
 
 
 async def _own_profile_context(db: Any, tutor: User) -> dict[str, Any]:
@@ -763,9 +764,7 @@ async def availability_api(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Register the routes of this area."""
     app[keys.templates].filters["money"] = money
-    app.setdefault(NAV_EXTRA_KEY, []).append(
-        {"href": "/tutors", "label": "Find a tutor", "role": ""}
-    )
+    app.setdefault(NAV_EXTRA_KEY, []).append({"href": "/tutors", "label": "Tutors", "role": ""})
     app.router.add_get("/tutors", search_page, name="tutors")
     app.router.add_get("/tutors/{tutor_id}", profile_page, name="tutor_profile")
     app.router.add_get("/tutor/profile", edit_profile_page)

@@ -323,6 +323,10 @@ class CallPage {
         return;
       case "redirect":
         return this.onRedirect(msg);
+      case "recording":
+        // The record control (static/recordings/call_record.js) listens for these.
+        document.dispatchEvent(new CustomEvent("panda:recording", { detail: msg }));
+        return;
       case "error":
         return this.onError(msg);
       default:
@@ -332,6 +336,12 @@ class CallPage {
 
   onJoined(msg) {
     this.participantId = msg.participant_id;
+    const indicator = document.querySelector("[data-recording-indicator]");
+    if (indicator && indicator.hidden === Boolean(msg.recording)) {
+      // The recording started or stopped while we were away (reconnect).
+      const state = msg.recording ? "started" : "stopped";
+      document.dispatchEvent(new CustomEvent("panda:recording", { detail: { type: "recording", state } }));
+    }
     this.participants = new Map((msg.participants || []).map((p) => [p.participant_id, p]));
     if (Array.isArray(msg.ice_servers)) this.iceServers = msg.ice_servers;
     if (this.peer) this.peer.close();
@@ -492,11 +502,15 @@ class CallPage {
     for (const el of this.root.querySelectorAll("[data-mid]")) {
       if (!keep.has(el.dataset.mid)) el.remove();
     }
-    const anyone = this.participants.size > 0;
     empty.hidden = grid.querySelector(".tile") !== null;
-    this.q("[data-stage-empty-text]").textContent = anyone
-      ? "Connecting to the others…"
-      : `Waiting for ${this.otherName} to join…`;
+    const others = [...this.participants.values()];
+    let text = `Waiting for ${this.otherName} to join…`;
+    if (others.length) {
+      const names = others.map((p) => p.name).join(" and ");
+      const withoutCamera = others.every((p) => p.media && p.media.video === false && !p.media.screen);
+      text = withoutCamera ? `${names} joined without a camera` : `Connecting to ${names}…`;
+    }
+    this.q("[data-stage-empty-text]").textContent = text;
   }
 
   ensureAudio(mid, track) {
@@ -609,7 +623,8 @@ class CallPage {
     this.teardown();
     this.applyState("ended");
     this.q("[data-ended-title]").textContent = "You left the call";
-    this.q("[data-ended-text]").textContent = "You can rejoin from your dashboard while the session is open.";
+    this.q("[data-ended-text]").textContent = "You can come back while the session's room is open.";
+    this.q("[data-rejoin]").hidden = false;
   }
 
   async endForAll() {

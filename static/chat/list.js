@@ -27,7 +27,11 @@ live.on("message", (ev) => {
   const time = item.querySelector("time");
   if (time) {
     time.dateTime = ev.message.created_at;
-    time.textContent = new Date(ev.message.created_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    time.textContent = new Date(ev.message.created_at).toLocaleTimeString([], {
+      hour: "2-digit",
+      minute: "2-digit",
+      hourCycle: "h23",
+    });
   }
   if (typeof ev.unread === "number") setUnread(ev.conversation_id, ev.unread);
   if (list && list.firstElementChild !== item) list.prepend(item);

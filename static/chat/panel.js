@@ -59,7 +59,7 @@ export function appendLinkified(parent, text) {
 function formatTime(iso) {
   const when = new Date(iso);
   const now = new Date();
-  const opts = { hour: "2-digit", minute: "2-digit" };
+  const opts = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
   if (when.toDateString() === now.toDateString()) return when.toLocaleTimeString([], opts);
   return when.toLocaleString([], { day: "numeric", month: "short", ...opts });
 }
@@ -215,7 +215,8 @@ export function mountChat(root, options) {
     bySeq.set(m.seq, li);
     const empty = root.querySelector("[data-empty]");
     if (empty) empty.remove();
-    live.advance(conversationId, maxSeq());
+    // (live.js keeps its own resume point from what the websocket delivered, which has no
+    // gaps; a message we got over HTTP must not move it past one we have not seen yet.)
     updateSeen();
     if (stick || m.sender_id === userId) scrollToBottom();
     maybeMarkRead();
@@ -226,11 +227,23 @@ export function mountChat(root, options) {
     let lastMine = 0;
     for (const [seq, li] of bySeq) if (li.dataset.sender === String(userId) && seq > lastMine) lastMine = seq;
     const seen = lastMine > 0 && otherReadSeq >= lastMine && maxSeq() === lastMine;
+    const stick = nearBottom();
     seenMarker.hidden = !seen;
+    if (stick) scrollToBottom();
   }
 
+  let readTimer = null;
+  // Debounced: a burst of messages (catching up after a reconnect) sends one receipt.
   function maybeMarkRead() {
-    if (document.visibilityState !== "visible" || !nearBottom()) return;
+    if (readTimer) return;
+    readTimer = setTimeout(() => {
+      readTimer = null;
+      markRead();
+    }, 250);
+  }
+
+  function markRead() {
+    if (destroyed || document.visibilityState !== "visible" || !nearBottom()) return;
     const top = maxSeq();
     if (top <= lastReadSent) return;
     lastReadSent = top;
@@ -379,6 +392,15 @@ export function mountChat(root, options) {
   stops.push(
     live.on("message", (ev) => {
       if (ev.conversation_id === conversationId) insert(ev.message);
+    }),
+  );
+  stops.push(
+    live.on("message_update", (ev) => {
+      const li = bySeq.get(ev.message.seq);
+      if (ev.conversation_id !== conversationId || !li) return;
+      const fresh = renderMessage({ ...ev.message, sender_id: Number(li.dataset.sender) });
+      li.replaceWith(fresh);
+      bySeq.set(ev.message.seq, fresh);
     }),
   );
   stops.push(

@@ -89,6 +89,12 @@ class Live extends EventTarget {
   emit(event) {
     this.dispatchEvent(new CustomEvent(event.type, { detail: event }));
     window.dispatchEvent(new CustomEvent("panda:live", { detail: event }));
+    // For htmx: hx-trigger="panda:booking from:body" refreshes a fragment on booking changes.
+    if (document.body) {
+      document.body.dispatchEvent(new CustomEvent(`panda:${event.type}`, { detail: event, bubbles: true }));
+    }
+    if (event.type === "sessions") renderSessions(event.sessions || []);
+    if (event.type === "notification") showNotification(event);
   }
 
   /** Call fn(event) for every event of this type; returns a function that stops it. */
@@ -118,7 +124,7 @@ class Live extends EventTarget {
     this.sendWatch(conversationId, seq ?? null);
   }
 
-  /** The page now has everything up to `seq` (e.g. it loaded it over HTTP). */
+  /** The page has every message up to `seq`, without gaps (e.g. it loaded them over HTTP). */
   advance(conversationId, seq) {
     const current = this.watches.get(conversationId);
     if (current === undefined) return;
@@ -132,10 +138,9 @@ class Live extends EventTarget {
 
   setUnreadTotal(total) {
     this.unreadTotal = total;
-    for (const el of document.querySelectorAll("[data-unread-total]")) {
-      el.textContent = String(total);
-      el.hidden = total === 0;
-    }
+    for (const el of document.querySelectorAll("[data-unread-total]")) el.textContent = String(total);
+    for (const el of document.querySelectorAll("[data-unread-some]")) el.hidden = total === 0;
+    for (const el of document.querySelectorAll("[data-unread-none]")) el.hidden = total !== 0;
     for (const link of document.querySelectorAll('header a[href="/messages"]')) {
       let badge = link.querySelector(".nav-unread");
       if (!badge) {
@@ -148,6 +153,70 @@ class Live extends EventTarget {
       badge.setAttribute("aria-label", `${total} unread`);
     }
   }
+}
+
+/** Fill every [data-live-sessions] element (admin pages) with the sessions in progress. */
+function renderSessions(sessions) {
+  for (const box of document.querySelectorAll("[data-live-sessions]")) {
+    if (!sessions.length) {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = "No sessions in progress right now.";
+      box.replaceChildren(p);
+      continue;
+    }
+    const list = document.createElement("ul");
+    for (const s of sessions) {
+      const li = document.createElement("li");
+      const strong = document.createElement("strong");
+      strong.textContent = s.subject;
+      const when = new Date(s.start_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+      const until = new Date(s.end_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+      li.append(strong, ` · ${s.tutor} with ${s.student} · ${when}–${until} `);
+      const badge = document.createElement("span");
+      badge.className = s.status === "in_progress" ? "badge badge-success" : "badge";
+      badge.textContent = s.status === "in_progress" ? "live" : "starting";
+      li.append(badge);
+      list.append(li);
+    }
+    box.replaceChildren(list);
+  }
+}
+
+/** A small dismissable notice for {"type": "notification", "text", "url"?}. */
+function showNotification(event) {
+  if (!event.text || !document.body) return;
+  let region = document.getElementById("live-notifications");
+  if (!region) {
+    region = document.createElement("div");
+    region.id = "live-notifications";
+    region.setAttribute("role", "status");
+    region.setAttribute("aria-live", "polite");
+    Object.assign(region.style, {
+      position: "fixed", right: "1rem", bottom: "1rem", zIndex: "1000", maxWidth: "22rem",
+      display: "flex", flexDirection: "column", gap: ".5rem",
+    });
+    document.body.append(region);
+  }
+  const note = document.createElement("div");
+  note.className = "flash flash-info";
+  if (event.url && event.url.startsWith("/") && !event.url.startsWith("//")) {
+    const a = document.createElement("a");
+    a.href = event.url;
+    a.textContent = event.text;
+    note.append(a);
+  } else {
+    note.textContent = event.text;
+  }
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "link-button";
+  close.textContent = "Dismiss";
+  Object.assign(close.style, { marginLeft: ".75rem", width: "auto" });
+  close.addEventListener("click", () => note.remove());
+  note.append(close);
+  region.append(note);
+  setTimeout(() => note.remove(), 15000);
 }
 
 export const live = new Live();

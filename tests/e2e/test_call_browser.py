@@ -31,7 +31,8 @@ async () => {
       out.video.push({ mid: s.mid, frames: s.framesDecoded || 0, width: s.frameWidth || 0 });
     }
     if (s.type === "inbound-rtp" && s.kind === "audio") {
-      out.audio.push({ mid: s.mid, packets: s.packetsReceived || 0, energy: s.totalAudioEnergy || 0 });
+      out.audio.push({
+        mid: s.mid, packets: s.packetsReceived || 0, energy: s.totalAudioEnergy || 0 });
     }
     if (s.type === "transport" && s.selectedCandidatePairId) {
       const pair = byId.get(s.selectedCandidatePairId);
@@ -44,7 +45,8 @@ async () => {
   });
   out.remoteVideos = [...document.querySelectorAll("video.remote-video")].map((v) => ({
     source: v.dataset.source, playing: !v.paused && v.readyState >= 2, width: v.videoWidth }));
-  out.audioPlaying = [...document.querySelectorAll("audio.remote-audio")].some((a) => !a.paused && a.srcObject);
+  out.audioPlaying = [...document.querySelectorAll("audio.remote-audio")]
+    .some((a) => !a.paused && a.srcObject);
   return out;
 }
 """
@@ -58,10 +60,10 @@ async def stats(page: Page) -> dict[str, Any]:
 
 
 async def until(
-    page: Page, test: Callable[[dict[str, Any]], bool], what: str, timeout: float = DEADLINE
+    page: Page, test: Callable[[dict[str, Any]], bool], what: str, limit: float = DEADLINE
 ) -> dict[str, Any]:
-    """Poll the page's stats until `test` holds; fail with the last snapshot after `timeout`."""
-    deadline = time.monotonic() + timeout
+    """Poll the page's stats until `test` holds; fail after `limit` seconds."""
+    deadline = time.monotonic() + limit
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
         last = await stats(page)
@@ -79,39 +81,42 @@ def best_video(snapshot: dict[str, Any]) -> dict[str, Any]:
     return max(snapshot.get("video") or [{"frames": 0, "width": 0}], key=lambda v: v["frames"])
 
 
-async def video_growing(page: Page, what: str, timeout: float = DEADLINE, min_width: int = 320) -> None:
+async def video_growing(
+    page: Page, what: str, limit: float = DEADLINE, min_width: int = 320
+) -> None:
     """Some inbound video decodes frames, keeps decoding, and is at least `min_width` wide."""
-    first = await until(page, lambda s: best_video(s)["frames"] > 0, f"{what}: first frames", timeout)
+    first = await until(page, lambda s: best_video(s)["frames"] > 0, f"{what}: first frames", limit)
     start = best_video(first)["frames"]
     await until(
         page,
         lambda s: best_video(s)["frames"] > start + 10 and best_video(s)["width"] >= min_width,
         f"{what}: frames growing at >= {min_width}px",
-        timeout,
+        limit,
     )
 
 
-async def audio_growing(page: Page, what: str, timeout: float = DEADLINE) -> None:
+async def audio_growing(page: Page, what: str, limit: float = DEADLINE) -> None:
     """Audio packets arrive and carry energy while a playing element holds the remote track."""
     first = await until(
         page,
         lambda s: total(s["audio"], "packets") > 0 and s.get("audioPlaying"),
         f"{what}: audio playing",
-        timeout,
+        limit,
     )
     packets, energy = total(first["audio"], "packets"), total(first["audio"], "energy")
     await until(
         page,
-        lambda s: total(s["audio"], "packets") > packets + 50
-        and total(s["audio"], "energy") > energy,
+        lambda s: (
+            total(s["audio"], "packets") > packets + 50 and total(s["audio"], "energy") > energy
+        ),
         f"{what}: audio packets and energy growing",
-        timeout,
+        limit,
     )
 
 
-async def wait_js(page: Page, predicate: str, timeout: float = DEADLINE) -> None:
+async def wait_js(page: Page, predicate: str, limit: float = DEADLINE) -> None:
     """Poll a JS predicate (page.wait_for_function would need eval, which our CSP forbids)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while not await page.evaluate(predicate):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {predicate}")
@@ -265,9 +270,9 @@ async def test_reload_comes_back_with_media(pair: dict[str, Any]) -> None:
         tutor,
         lambda s: best_video(s)["frames"] > 10 and best_video(s)["frames"] != before,
         "tutor decodes the reloaded student's video",
-        timeout=30,
+        limit=30,
     )
-    await video_growing(student, "reloaded student receives tutor video", timeout=30)
+    await video_growing(student, "reloaded student receives tutor video", limit=30)
     elapsed = time.monotonic() - t0
     assert elapsed < 30, f"back with media after {elapsed:.1f} s"
     assert await tutor.get_attribute("#call", "data-call-state") == "connected"
@@ -280,8 +285,8 @@ async def test_lost_connection_recovers_without_reload(pair: dict[str, Any]) -> 
     await student.evaluate("window.pandaCall.peer.pc.close(); window.pandaCall.sig.ws.close()")
     await student.wait_for_selector('[data-call-state="reconnecting"]', timeout=10000)
     await student.wait_for_selector('[data-call-state="connected"]', timeout=DEADLINE * 1000)
-    await video_growing(student, "student receives tutor video after recovery", timeout=30)
-    await video_growing(tutor, "tutor receives student video after recovery", timeout=30)
+    await video_growing(student, "student receives tutor video after recovery", limit=30)
+    await video_growing(tutor, "tutor receives student video after recovery", limit=30)
 
 
 async def test_server_restart_is_survived(pair: dict[str, Any]) -> None:
@@ -294,12 +299,14 @@ async def test_server_restart_is_survived(pair: dict[str, Any]) -> None:
     for page in (student, tutor):
         await page.wait_for_selector('[data-call-state="connected"]', timeout=DEADLINE * 1000)
     await asyncio.gather(
-        video_growing(student, "student video after restart", timeout=40),
-        video_growing(tutor, "tutor video after restart", timeout=40),
+        video_growing(student, "student video after restart", limit=40),
+        video_growing(tutor, "tutor video after restart", limit=40),
     )
 
 
-async def test_outsider_is_refused(browser: Browser, live_server: LiveServer, demo: dict[str, Any]) -> None:
+async def test_outsider_is_refused(
+    browser: Browser, live_server: LiveServer, demo: dict[str, Any]
+) -> None:
     script = (
         "import asyncio\n"
         "from panda.config import Settings\n"
@@ -320,7 +327,9 @@ async def test_outsider_is_refused(browser: Browser, live_server: LiveServer, de
     assert await asyncio.wait_for(proc.wait(), 60) == 0
     context = await browser.new_context()
     try:
-        page = await login(context, live_server.url, "outsider@example.test", "correct horse battery staple")
+        page = await login(
+            context, live_server.url, "outsider@example.test", "correct horse battery staple"
+        )
         resp = await page.goto(f"{live_server.url}/sessions/{demo['session_id']}/call")
         assert resp is not None and resp.status == 403
         assert "Only the student and the tutor" in await page.content()
@@ -337,3 +346,84 @@ async def test_outsider_is_refused(browser: Browser, live_server: LiveServer, de
         assert opened == "closed"
     finally:
         await context.close()
+
+
+DENY_DEVICES_JS = """
+navigator.mediaDevices.getUserMedia = async () => {
+  throw new DOMException("Permission denied", "NotAllowedError");
+};
+"""
+
+
+async def test_denied_devices_join_receive_only(
+    browser: Browser, live_server: LiveServer, demo: dict[str, Any]
+) -> None:
+    sid = demo["session_id"]
+    contexts = []
+    try:
+        student_ctx = await browser.new_context()
+        contexts.append(student_ctx)
+        await student_ctx.add_init_script(DENY_DEVICES_JS)
+        student = await login(
+            student_ctx, live_server.url, demo["student"]["email"], demo["student"]["password"]
+        )
+        tutor_ctx = await browser.new_context()
+        contexts.append(tutor_ctx)
+        tutor = await login(
+            tutor_ctx, live_server.url, demo["tutor"]["email"], demo["tutor"]["password"]
+        )
+        await join(tutor, live_server.url, sid)
+        await student.goto(f"{live_server.url}/sessions/{sid}/call")
+        problems = student.locator("[data-device-problems]")
+        await problems.wait_for(state="visible")
+        text = await problems.inner_text()
+        assert "blocked" in text and "still join to watch and listen" in text
+        await student.click('[data-action="join"]')
+        await student.wait_for_selector('[data-call-state="connected"]')
+        assert await student.get_attribute('[data-action="mute"]', "aria-pressed") == "true"
+        await asyncio.gather(
+            video_growing(student, "receive-only student sees the tutor"),
+            audio_growing(student, "receive-only student hears the tutor"),
+        )
+        await tutor.wait_for_selector("[data-stage-empty-text]:has-text('without a camera')")
+    finally:
+        for context in contexts:
+            await context.close()
+
+
+async def test_hostile_messages_and_ending_the_call(pair: dict[str, Any]) -> None:
+    student, tutor = await _both_join(pair)
+    await video_growing(tutor, "tutor receives student video")
+    errors: list[str] = []
+    four = asyncio.Event()
+
+    def on_console(message: Any) -> None:
+        if "call error" in message.text:
+            errors.append(message.text)
+            if len(errors) >= 4:
+                four.set()
+
+    student.on("console", on_console)
+    await student.evaluate(
+        """() => {
+          const sig = window.pandaCall.sig;
+          sig.send({ type: "offer", sdp: "garbage", sources: {} });
+          sig.send({ type: "dance" });
+          sig.send({ type: "answer", sdp: "v=0 " + "x".repeat(70000) });
+          sig.ws.send("not json");
+        }"""
+    )
+    await asyncio.wait_for(four.wait(), 20)
+    codes = sorted(e.split()[2] for e in errors)
+    assert codes == ["bad-message", "bad-sdp", "too-large", "unknown-type"], errors
+    # The call carries on in both directions.
+    await video_growing(tutor, "tutor still receives student video", limit=20)
+    await video_growing(student, "student still receives tutor video", limit=20)
+    assert await student.get_attribute("#call", "data-call-state") == "connected"
+    # The tutor ends it for everyone; coming back shows the ended page.
+    await tutor.click('[data-action="end"]')
+    await student.wait_for_selector('[data-call-state="ended"]', timeout=15000)
+    await tutor.wait_for_selector('[data-call-state="ended"]', timeout=15000)
+    await student.reload()
+    assert await student.get_attribute("#call", "data-call-state") == "ended"
+    assert await student.locator('[data-action="join"]').is_hidden()

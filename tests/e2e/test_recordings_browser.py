@@ -13,7 +13,10 @@ __all__ = ["world"]
 MIDDLE_FRAME = """async (selector) => {
   const v = document.querySelector(selector);
   if (v.readyState < 1) {
-    await new Promise((ok, fail) => { v.onloadedmetadata = ok; v.onerror = () => fail(v.error.message); });
+    await new Promise((ok, fail) => {
+      v.onloadedmetadata = ok;
+      v.onerror = () => fail(v.error.message);
+    });
   }
   const duration = v.duration;
   v.currentTime = duration / 2;
@@ -62,8 +65,10 @@ async def test_admin_plays_a_recording_and_seeks_to_the_middle(
     first = await page.evaluate(MIDDLE_FRAME, '[data-testid="file-player"]')
     assert 3.8 < first["duration"] < 4.4 and first["width"] == 320
     # Playing one participant's file starts the other one in step.
-    await page.evaluate("""() => { const [a] = document.querySelectorAll('[data-testid="file-player"]');
-                                   a.muted = true; return a.play(); }""")
+    await page.evaluate("""() => {
+        const [a] = document.querySelectorAll('[data-testid="file-player"]');
+        a.muted = true;
+        return a.play(); }""")
     await page.wait_for_function("""() => {
         const [a, b] = document.querySelectorAll('[data-testid="file-player"]');
         return !b.paused && Math.abs(a.currentTime - b.currentTime) < 0.5; }""")

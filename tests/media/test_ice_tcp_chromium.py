@@ -1,5 +1,5 @@
-"""Real Chromium, UDP blocked: it reaches an aiortc server over our passive ICE-TCP port;
-UDP open: it keeps UDP although TCP is on offer.
+"""Real Chromium, UDP blocked: it reaches an aiortc server over our passive ICE-TCP port, and
+re-opens a reset stream; UDP open: it keeps UDP although TCP is on offer.
 
 The test runs a helper process in a fresh network namespace (`unshare -n`): only loopback,
 with policy-routing rules that refuse every UDP packet, so nothing but TCP works. Inside it
@@ -98,7 +98,67 @@ def _setup_namespace(block_udp: bool) -> dict[str, Any]:
     return {"udp": udp}
 
 
-async def _inside_namespace(block_udp: bool) -> dict[str, Any]:
+async def _break_and_recover(tab: Any, listener: Any, connection: Any) -> dict[str, Any]:
+    """Reset the browser's TCP stream; see whether it re-opens it and media resumes."""
+    from panda.media import aioice_patches
+
+    before = (await tab.evaluate("selected()"))["decoded"]
+    old = aioice_patches.selected_pair(connection)
+    old_addr = old.remote_addr if old else None
+    for stream in list(listener._streams):
+        stream.abort("test-reset")
+    reset_at = asyncio.get_running_loop().time()
+    out: dict[str, Any] = {"decoded_before": before}
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                await asyncio.sleep(0.2)
+                decoded = (await tab.evaluate("selected()")).get("decoded", 0)
+                pair = aioice_patches.selected_pair(connection)
+                if (
+                    decoded > before + 30
+                    and pair is not None
+                    and pair.remote_addr != old_addr
+                    and pair.remote_addr in pair.protocol.streams
+                ):
+                    out.update(decoded_after=decoded, recovered=True)
+                    out["seconds"] = round(asyncio.get_running_loop().time() - reset_at, 1)
+                    break
+    except TimeoutError:
+        out["recovered"] = False
+    out["streams_authenticated"] = listener.stats.authenticated
+    out["state"] = await tab.evaluate("window.pc.connectionState")
+    return out
+
+
+async def _start_nginx(tmp: Path, ice_port: int, front: int) -> asyncio.subprocess.Process:
+    """nginx with the documented stream + ssl_preread layout (no web upstream needed here)."""
+    from tests.media.test_ice_tcp_nginx import NGINX, NGINX_CONF, STREAM_MODULE
+
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(module=STREAM_MODULE, tmp=tmp, web=1, ice=ice_port, front=front)
+    )
+    proc = await asyncio.create_subprocess_exec(
+        NGINX,
+        *("-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with asyncio.timeout(15):
+        while True:
+            assert proc.returncode is None, (tmp / "error.log").read_text()
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", front)
+                writer.close()
+                return proc
+            except OSError:
+                await asyncio.sleep(0.05)
+
+
+async def _inside_namespace(
+    block_udp: bool, break_stream: bool = False, via_nginx: bool = False
+) -> dict[str, Any]:
     from aiohttp import web
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import VideoStreamTrack
@@ -109,8 +169,25 @@ async def _inside_namespace(block_udp: bool) -> dict[str, Any]:
     from tests.media.test_ice_tcp_client import Cfg
 
     result: dict[str, Any] = _setup_namespace(block_udp)
-    listener = ice_tcp.IceTcpListener(0, host="127.0.0.1")
-    await listener.start()
+    nginx: asyncio.subprocess.Process | None = None
+    nginx_dir: Path | None = None
+    if via_nginx:
+        # Browsers reach the relay through nginx's shared port, as on a real port 443.
+        import socket
+        import tempfile
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            front = probe.getsockname()[1]
+        listener = ice_tcp.IceTcpListener(0, host="127.0.0.1", advertised_port=front)
+        await listener.start()
+        assert listener.port is not None
+        nginx_dir = Path(tempfile.mkdtemp(prefix="ice-tcp-nginx-"))
+        nginx = await _start_nginx(nginx_dir, listener.port, front)
+        result["front_port"] = front
+    else:
+        listener = ice_tcp.IceTcpListener(0, host="127.0.0.1")
+        await listener.start()
     pcs: list[RTCPeerConnection] = []
     server_frames: asyncio.Queue[Any] = asyncio.Queue()
     tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +258,8 @@ async def _inside_namespace(block_udp: bool) -> dict[str, Any]:
                 result["server_transport"] = ice_tcp.selected_transport(connection)
                 result["listener_port"] = listener.port
                 result["tcp_streams"] = listener.stats.authenticated
+                if break_stream:
+                    result["reconnect"] = await _break_and_recover(tab, listener, connection)
             finally:
                 await browser.close()
     finally:
@@ -188,6 +267,11 @@ async def _inside_namespace(block_udp: bool) -> dict[str, Any]:
             await pc.close()
         await runner.cleanup()
         await listener.close()
+        if nginx is not None:
+            nginx.terminate()
+            await nginx.wait()
+        if nginx_dir is not None:
+            shutil.rmtree(nginx_dir, ignore_errors=True)
     return result
 
 
@@ -198,7 +282,7 @@ def _can_unshare() -> bool:
     return probe.returncode == 0
 
 
-async def _run_in_namespace(block_udp: bool) -> dict[str, Any]:
+async def _run_in_namespace(mode: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         "unshare",
@@ -206,7 +290,7 @@ async def _run_in_namespace(block_udp: bool) -> dict[str, Any]:
         sys.executable,
         "-m",
         "tests.media.test_ice_tcp_chromium",
-        "block-udp" if block_udp else "udp-open",
+        mode,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -220,7 +304,7 @@ async def _run_in_namespace(block_udp: bool) -> dict[str, Any]:
 @pytest.mark.e2e
 @pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
 async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
-    result = await _run_in_namespace(block_udp=True)
+    result = await _run_in_namespace("block-udp")
     assert result["udp"].startswith("blocked"), result
     assert result["offer_tcp_active"], result
     assert result["state"] == "succeeded", result
@@ -236,7 +320,7 @@ async def test_chromium_without_udp_connects_over_ice_tcp() -> None:
 @pytest.mark.e2e
 @pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
 async def test_chromium_prefers_udp_when_it_works() -> None:
-    result = await _run_in_namespace(block_udp=False)
+    result = await _run_in_namespace("udp-open")
     assert result["udp"] == "works", result
     assert result["offer_tcp_active"], result  # TCP was on offer, and not chosen
     assert result["local_protocol"] == "udp" and result["remote_protocol"] == "udp", result
@@ -244,5 +328,39 @@ async def test_chromium_prefers_udp_when_it_works() -> None:
     assert result["server_transport"] == "udp", result
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
+async def test_chromium_reopens_a_reset_tcp_stream() -> None:
+    """The relay resets the stream: Chromium re-opens it, the relay renominates, media resumes."""
+    result = await _run_in_namespace("reconnect")
+    assert result["udp"].startswith("blocked"), result
+    assert result["server_transport"] == "tcp", result
+    reconnect = result["reconnect"]
+    assert reconnect["recovered"], result
+    assert reconnect["streams_authenticated"] >= 2, result
+    assert reconnect["state"] == "connected", result
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (network namespaces)")
+@pytest.mark.skipif(
+    not (shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_stream_module.so").exists()),
+    reason="needs nginx with the stream module",
+)
+async def test_chromium_without_udp_through_nginx_shared_port() -> None:
+    """The port-443 layout with a real browser: nginx's shared port is the advertised one."""
+    result = await _run_in_namespace("nginx")
+    assert result["udp"].startswith("blocked"), result
+    assert result["local_protocol"] == "tcp" and result["remote_protocol"] == "tcp", result
+    assert result["remote_port"] == result["front_port"] != result["listener_port"], result
+    assert result["decoded"] > 0 and result["server_frame"][0] > 0, result
+    assert result["server_transport"] == "tcp", result
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(_inside_namespace(sys.argv[1] == "block-udp"))))
+    mode = sys.argv[1]
+    print(
+        json.dumps(
+            asyncio.run(_inside_namespace(mode != "udp-open", mode == "reconnect", mode == "nginx"))
+        )
+    )

@@ -99,18 +99,23 @@ def test_recorded_frames_are_byte_identical_and_aligned(tmp_path: Path) -> None:
         assert [bytes(p) for p in recorded_video] == [f.data for f in video]
         assert recorded_video[0].is_keyframe
         recorded_audio = _packets(path, "audio")
-        assert [bytes(p) for p in recorded_audio] == [f.data for f in audio]
-        # Audio and video of a participant aligned on arrival: video arrives `offset` later.
+        # The file starts with the picture: the sound from before the first keyframe (the
+        # `offset` the video arrived later) is left out, the rest is byte-identical.
+        skipped = len(audio) - len(recorded_audio)
+        assert 0 < skipped <= round(offset / 0.02) + 1
+        assert [bytes(p) for p in recorded_audio] == [f.data for f in audio[skipped:]]
         video_start = float(recorded_video[0].pts * recorded_video[0].time_base)
         audio_start = float(recorded_audio[0].pts * recorded_audio[0].time_base)
-        assert abs((video_start - audio_start) - offset) < 0.015
+        assert abs(video_start - audio_start) < 0.03
+        # Aligned on arrival: an audio frame sits where it arrived relative to the video.
+        assert abs((video_start - audio_start) - (offset - skipped * 0.02)) < 0.015
         frames, audio_seconds = _decode_all(path)
         assert frames == len(video)
         check = check_file(path)
         video_check, audio_check = check.streams
         assert abs((video_check.end - video_check.start) - len(video) / 30) < 0.05
-        assert abs(audio_seconds - 4.0) < 0.03
-        # Same media length fed for both: the recorded durations agree within 100 ms.
+        assert abs(audio_seconds - (4.0 - skipped * 0.02)) < 0.03
+        # The recorded audio and video durations agree within 100 ms.
         assert abs((video_check.end - video_check.start) - (audio_check.end - audio_check.start)
                    ) < 0.1
         assert abs((video_check.end - audio_check.end) - offset) < 0.03
@@ -423,3 +428,24 @@ async def test_recorder_asks_for_keyframes_when_it_waits_for_one(tmp_path: Path)
     new.on_end()
     result = await recorder.stop()
     assert calls and result.files[0].tracks[0]["frames"] == 60
+
+
+def test_audio_long_before_the_first_keyframe_stays_in_one_file(tmp_path: Path) -> None:
+    # In a real call the sound flows at once and the picture waits for a keyframe.
+    video = encode_vp8(RED, 3.0)
+    audio = encode_opus(440.0, 3.4)
+    recorder = SessionRecorder(tmp_path, start=START)
+    _feed(recorder, "tutor", video, audio, video_offset=0.4, seed=5)
+    result = recorder.stop_blocking()
+    assert [f.name for f in result.files] == ["tutor-main-00.webm"]
+    assert [t["kind"] for t in result.files[0].tracks] == ["video", "audio"]
+    path = tmp_path / result.files[0].name
+    recorded_video = _packets(path, "video")
+    recorded_audio = _packets(path, "audio")
+    assert [bytes(p) for p in recorded_video] == [f.data for f in video]
+    skipped = len(audio) - len(recorded_audio)
+    assert 18 <= skipped <= 21  # the 0.4 s before the picture
+    assert [bytes(p) for p in recorded_audio] == [f.data for f in audio[skipped:]]
+    check = check_file(path)
+    assert abs(check.streams[0].start - check.streams[1].start) < 0.03
+    assert abs(check.streams[0].end - check.streams[1].end) < 0.1

@@ -29,7 +29,7 @@ async def create_users(database_url: str, specs: list[tuple[str, str]]) -> list[
                     await create_user(
                         db,
                         email=email,
-                        name=email.split("@")[0].title(),
+                        name=email.split("@")[0].replace(".", " ").title(),
                         password=DEFAULT_PASSWORD,
                         role=role,
                         verified=True,

@@ -78,3 +78,11 @@ async def test_concurrent_sends_get_distinct_ordered_seqs(
     assert sorted(seqs) == list(range(1, 41))
     rows = await store.messages_page(store_db, conv.id, limit=100)
     assert [m.seq for m, _ in rows] == list(range(1, 41))
+
+
+async def test_ensure_conversation_for_a_booked_pair(store_db: AsyncSession) -> None:
+    student, tutor = await _pair(store_db)
+    first = await store.ensure_conversation(store_db, student.id, tutor.id)
+    second = await store.ensure_conversation(store_db, student.id, tutor.id)
+    assert first.id == second.id
+    assert await store.member_ids(store_db, first.id) == sorted([student.id, tutor.id])

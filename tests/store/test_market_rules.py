@@ -19,6 +19,7 @@ from tests.conftest import UserFactory
 from tests.market_support import make_tutor_ready, slots_of
 
 RULES = bk.BookingRules()
+BOTH = pytest.mark.parametrize("settings", ["sqlite", "postgresql"], indirect=True)
 
 
 async def _request(
@@ -47,6 +48,7 @@ async def _count(client: TestClient, model: type, *where: object) -> int:
         )
 
 
+@BOTH
 async def test_one_pending_request_under_concurrency(
     client: TestClient, make_user: UserFactory
 ) -> None:
@@ -63,6 +65,7 @@ async def test_one_pending_request_under_concurrency(
     assert await _count(client, Booking, Booking.student_id == student.id) == 1
 
 
+@BOTH
 async def test_no_double_booking_of_the_tutor(client: TestClient, make_user: UserFactory) -> None:
     tutor = await make_user("tutor")
     students = [await make_user("student") for _ in range(6)]
@@ -75,6 +78,7 @@ async def test_no_double_booking_of_the_tutor(client: TestClient, make_user: Use
     assert await _count(client, Booking, Booking.tutor_id == tutor.id) == 1
 
 
+@BOTH
 async def test_no_double_booking_of_the_student(client: TestClient, make_user: UserFactory) -> None:
     tutors = [await make_user("tutor") for _ in range(2)]
     student = await make_user("student")
@@ -88,6 +92,7 @@ async def test_no_double_booking_of_the_student(client: TestClient, make_user: U
     assert isinstance(second, PandaError) and second.status == 409
 
 
+@BOTH
 async def test_buffer_is_kept_by_the_claims(client: TestClient, make_user: UserFactory) -> None:
     tutor = await make_user("tutor")
     s1, s2 = await make_user("student"), await make_user("student")
@@ -112,6 +117,7 @@ async def test_buffer_is_kept_by_the_claims(client: TestClient, make_user: UserF
             await bk._claim(db, rogue, 15)
 
 
+@BOTH
 async def test_monthly_quota_under_concurrency(client: TestClient, make_user: UserFactory) -> None:
     tutors = [await make_user("tutor") for _ in range(5)]
     for t in tutors:
@@ -138,6 +144,7 @@ async def test_monthly_quota_under_concurrency(client: TestClient, make_user: Us
     assert any("used all 2 sessions" in r.message for r in results if isinstance(r, PandaError))
 
 
+@BOTH
 async def test_quota_counter_concurrent_bumps(client: TestClient, make_user: UserFactory) -> None:
     """Many simultaneous bumps of one counter: exactly `quota` succeed."""
     student = await make_user("student")
@@ -159,6 +166,7 @@ async def test_quota_counter_concurrent_bumps(client: TestClient, make_user: Use
         assert row is not None and row.used == 3
 
 
+@BOTH
 async def test_decline_releases_claims_and_quota(
     client: TestClient, make_user: UserFactory
 ) -> None:
@@ -180,6 +188,7 @@ async def test_decline_releases_claims_and_quota(
     assert isinstance(again, Booking)
 
 
+@BOTH
 async def test_late_cancel_keeps_quota(client: TestClient, make_user: UserFactory) -> None:
     tutor = await make_user("tutor")
     student = await make_user("student")
@@ -209,6 +218,7 @@ async def test_late_cancel_keeps_quota(client: TestClient, make_user: UserFactor
             assert q is not None
 
 
+@BOTH
 async def test_expiry_after_48h_or_at_start(client: TestClient, make_user: UserFactory) -> None:
     tutor = await make_user("tutor")
     student = await make_user("student")
@@ -230,6 +240,7 @@ async def test_expiry_after_48h_or_at_start(client: TestClient, make_user: UserF
     assert await _count(client, BookingClaim, BookingClaim.booking_id == b.id) == 0
 
 
+@BOTH
 async def test_reschedule_with_move_limit(client: TestClient, make_user: UserFactory) -> None:
     tutor = await make_user("tutor")
     student = await make_user("student")

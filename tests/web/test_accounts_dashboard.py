@@ -10,6 +10,7 @@ async def test_student_dashboard(client, make_user) -> None:  # type: ignore[no-
     await login(client, user.email)
     html = await (await client.get("/dashboard")).text()
     assert "Find a tutor" in html and "Upcoming sessions" in html
+    assert html.count("Upcoming sessions</h2>") == 1
     assert "Tutor approvals" not in html and "under review" not in html
 
 
@@ -17,7 +18,7 @@ async def test_tutor_dashboards_follow_review_status(client, make_user) -> None:
     pending = await make_user("tutor", tutor_status="pending")
     await login(client, pending.email)
     html = await (await client.get("/dashboard")).text()
-    assert "being reviewed" in html and "Find a tutor</a>" not in html
+    assert "being reviewed" in html and "What do you want to learn" not in html
     client.session.cookie_jar.clear()
     approved = await make_user("tutor")
     await login(client, approved.email)
@@ -36,4 +37,4 @@ async def test_unverified_dashboard_shows_banner(client, make_user) -> None:  # 
     user = await make_user("student", verified=False)
     await login(client, user.email)
     html = await (await client.get("/dashboard")).text()
-    assert 'action="/verify/resend"' in html and "Confirm your e-mail" in html
+    assert 'action="/verify/resend"' in html and "confirm your e-mail address" in html

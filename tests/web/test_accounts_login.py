@@ -239,3 +239,29 @@ async def test_forgot_rejects_empty_and_limits_mails(client, make_user) -> None:
         assert (await request_reset(client, user.email)).status == 200
     # At most three mails an hour per address, and the answer never changes.
     assert len(outbox(client.app[keys.settings].data_dir)) == 3
+
+
+async def test_throttle_uses_forwarded_address_from_local_proxy(client, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user("student")
+    for i in range(10):
+        token = await get_csrf(client, "/login")
+        await client.post(
+            "/login",
+            data={"email": f"x{i}@example.test", "password": "wrong pw!!", "csrf_token": token},
+            headers={"X-Forwarded-For": "1.2.3.4, 203.0.113.9"},
+        )
+    token = await get_csrf(client, "/login")
+    data = {"email": user.email, "password": DEFAULT_PASSWORD, "csrf_token": token}
+    # The same client behind the proxy is throttled, even when it forges an earlier entry...
+    resp = await client.post(
+        "/login",
+        data=data,
+        headers={"X-Forwarded-For": "9.9.9.9, 203.0.113.9"},
+        allow_redirects=False,
+    )
+    assert resp.status == 429
+    # ...while another client behind the same proxy is not.
+    resp = await client.post(
+        "/login", data=data, headers={"X-Forwarded-For": "198.51.100.7"}, allow_redirects=False
+    )
+    assert resp.status == 303

@@ -285,3 +285,30 @@ async def test_password_change(client, make_user) -> None:  # type: ignore[no-un
     await other.session.close()
     async with client.app[keys.sessionmaker]() as db:
         assert (await db.execute(select(User.id))).first() is not None
+
+
+async def test_devices_listed_and_others_logged_out(client, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user("student")
+    other = TestClient(client.server)
+    await other.get("/login", headers={"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Firefox/120.0"})
+    token = await get_csrf(other, "/login")
+    from tests.helpers import DEFAULT_PASSWORD
+
+    await other.post(
+        "/login",
+        data={"email": user.email, "password": DEFAULT_PASSWORD, "csrf_token": token},
+        headers={"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Firefox/120.0"},
+    )
+    await login(client, user.email)
+    html = await (await client.get("/profile")).text()
+    assert "Firefox on Windows" in html and "this device" in html
+    token = await get_csrf(client, "/profile")
+    resp = await client.post(
+        "/profile/sessions/end-others", data={"csrf_token": token}, allow_redirects=False
+    )
+    assert resp.status == 303
+    assert (await other.get("/profile", allow_redirects=False)).status == 303
+    assert (await client.get("/profile", allow_redirects=False)).status == 200
+    html = await (await client.get("/profile")).text()
+    assert "Firefox on Windows" not in html
+    await other.session.close()

@@ -185,3 +185,20 @@ async def test_signup_page_redirects_logged_in_user(client: TestClient) -> None:
     await signup(client)
     resp = await client.get("/signup", allow_redirects=False)
     assert resp.status == 303
+
+
+async def test_signups_per_network_are_limited(client: TestClient) -> None:
+    from panda.ratelimit import SIGNUP_PER_IP, get_limiter
+
+    limiter = get_limiter(client.app)
+    # Failed attempts do not count...
+    for _ in range(3):
+        assert (await signup(client, password="short")).status == 422
+    count, _ = await limiter.peek(f"{SIGNUP_PER_IP.name}:127.0.0.1", SIGNUP_PER_IP.window)
+    assert count == 0
+    # ...created accounts do; past the limit the form answers 429.
+    for _ in range(SIGNUP_PER_IP.limit):
+        await limiter.hit(f"{SIGNUP_PER_IP.name}:127.0.0.1", SIGNUP_PER_IP.window)
+    resp = await signup(client)
+    assert resp.status == 429 and "Retry-After" in resp.headers
+    assert await user_by_email(client, "lena@example.test") is None

@@ -227,6 +227,16 @@ async def test_bad_client_input_gets_errors_not_a_crash(pair: dict[str, Any]) ->
     await ws.close()
 
 
+async def test_client_flood_is_throttled(pair: dict[str, Any]) -> None:
+    ws = await pair["s"].ws_connect("/ws/live")
+    await next_event(ws, is_type("hello"))
+    for _ in range(100):
+        await ws.send_json({"type": "ping"})
+    error = await next_event(ws, is_type("error"))
+    assert error["status"] == 429
+    await ws.close()
+
+
 async def test_foreign_conversation_cannot_be_watched(
     pair: dict[str, Any], aiohttp_client: Any, client: TestClient, make_user: Any
 ) -> None:
@@ -255,28 +265,105 @@ async def test_login_and_origin_are_required(
     await ok.close()
 
 
-async def test_other_areas_can_push_events(aiohttp_client: Any, settings: Any, make_user) -> None:
+async def test_other_areas_can_push_events(aiohttp_client: Any, settings: Any) -> None:
+    from datetime import timedelta
+
     from panda.app import create_app
+    from panda.store.models import Booking
+    from panda.store.types import utcnow
     from panda.store.users import create_user
+    from panda.web.live import publish_sessions_changed
     from tests.helpers import DEFAULT_PASSWORD
 
     app = create_app(settings)
+    extra: list[dict[str, Any]] = []
 
-    async def sessions_snapshot(app_: Any, user: Any) -> list[dict[str, Any]]:
-        return [{"type": "sessions", "sessions": []}] if user.is_admin else []
+    async def provider(app_: Any, user: Any) -> list[dict[str, Any]]:
+        return [{"type": "notification", "text": "Welcome back"}] if user.is_admin else extra
 
-    app[LIVE_SNAPSHOTS].append(sessions_snapshot)
+    app[LIVE_SNAPSHOTS].append(provider)
     c = await aiohttp_client(app)
     async with app[keys.sessionmaker]() as db:
         admin = await create_user(
             db, email="a@x.test", name="A", password=DEFAULT_PASSWORD, role="admin", verified=True
         )
+        student = await create_user(
+            db, email="s@x.test", name="Sam", password=None, role="student", verified=True
+        )
+        tutor = await create_user(
+            db,
+            email="t@x.test",
+            name="Tia",
+            password=None,
+            role="tutor",
+            verified=True,
+            tutor_status="approved",
+        )
         await db.commit()
     await login_api(c, admin.email)
     ws = await c.ws_connect("/ws/live")
+    # Admins get the sessions in progress when they connect, then whatever others publish.
     assert (await next_event(ws, is_type("sessions")))["sessions"] == []
+    assert (await next_event(ws, is_type("notification")))["text"] == "Welcome back"
+    async with app[keys.sessionmaker]() as db:
+        now = utcnow()
+        db.add(
+            Booking(
+                student_id=student.id,
+                tutor_id=tutor.id,
+                start_at=now - timedelta(minutes=5),
+                end_at=now + timedelta(minutes=55),
+                subject="Algebra",
+                status="in_progress",
+            )
+        )
+        await db.commit()
+    await publish_sessions_changed(app)
+    sessions = (await next_event(ws, is_type("sessions")))["sessions"]
+    assert [(s["subject"], s["student"], s["tutor"], s["status"]) for s in sessions] == [
+        ("Algebra", "Sam", "Tia", "in_progress")
+    ]
     await publish_to_user(app, admin.id, {"type": "notification", "text": "Booking confirmed"})
     assert (await next_event(ws, is_type("notification")))["text"] == "Booking confirmed"
     await publish_to_admins(app, {"type": "sessions", "sessions": [{"id": 4}]})
     assert (await next_event(ws, is_type("sessions")))["sessions"] == [{"id": 4}]
+    await ws.close()
+
+
+async def test_watch_starts_exactly_where_the_page_is(pair: dict[str, Any]) -> None:
+    ws = await pair["t"].ws_connect("/ws/live")
+    await next_event(ws, is_type("hello"))
+    # Not watched yet: messages come as notifications (the page may not have them).
+    await post_json(pair["s"], pair["s_token"], pair["path"], {"text": "one"})
+    await post_json(pair["s"], pair["s_token"], pair["path"], {"text": "two"})
+    assert (await next_event(ws, is_type("message")))["message"]["seq"] == 1
+    assert (await next_event(ws, is_type("message")))["message"]["seq"] == 2
+    # The page loaded history up to seq 1 only: watching from 1 sends 2 again, then 3 once.
+    await ws.send_json({"type": "watch", "conversation_id": pair["conv"], "after_seq": 1})
+    await post_json(pair["s"], pair["s_token"], pair["path"], {"text": "three"})
+    assert await messages_until(ws, 3) == [2, 3]
+    await ws.close()
+
+
+async def test_hidden_message_is_updated_live(
+    pair: dict[str, Any], aiohttp_client: Any, client: TestClient, make_user: Any
+) -> None:
+    import re
+
+    ws = await pair["s"].ws_connect("/ws/live")
+    await next_event(ws, is_type("hello"))
+    resp = await post_json(pair["t"], pair["t_token"], pair["path"], {"text": "rude words"})
+    message_id = (await resp.json())["message"]["id"]
+    await post_json(pair["s"], pair["s_token"], f"/api/messages/{message_id}/report", {})
+    admin = await make_user("admin")
+    admin_client = await aiohttp_client(client.server)
+    token = await login_api(admin_client, admin.email)
+    html = await (await admin_client.get("/admin/chat/reports")).text()
+    report_id = re.search(r'data-report-id="(\d+)"', html).group(1)  # type: ignore[union-attr]
+    await admin_client.post(
+        f"/admin/chat/reports/{report_id}", data={"action": "hide", "csrf_token": token}
+    )
+    update = await next_event(ws, is_type("message_update"))
+    assert update["message"]["id"] == message_id
+    assert update["message"]["hidden"] is True and update["message"]["text"] == ""
     await ws.close()

@@ -9,9 +9,11 @@ import shutil
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from panda import keys
+from panda.errors import Conflict, Forbidden, NotFound
 from panda.media.recorder import MANIFEST_NAME
 from panda.media.recording_service import COMBINED_NAME, RECORDINGS
 from panda.store import recordings as store
@@ -81,11 +83,13 @@ async def test_recording_urls_refuse_everyone_else(world: World) -> None:
             f"/recordings/{recording.id}/combined", f"/recordings/{recording.id}/progress",
             f"/api/recordings/{recording.id}"]
 
-    # Logged out: API 401, media not served (pages send to the login form).
+    # Logged out: media 404, API 401, pages send to the login form.
     for url in urls:
         resp = await client.get(url, allow_redirects=False)
         if url.startswith("/api/"):
             assert resp.status == 401
+        elif "/files/" in url or url.endswith("/combined"):
+            assert resp.status == 404
         else:
             assert resp.status == 303 and resp.headers["Location"].startswith("/login")
     for who in (world.other_tutor, world.student):
@@ -323,7 +327,9 @@ async def test_recover_marks_crashed_recordings_interrupted(world: World) -> Non
     manifest["state"] = "recording"
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest))
 
-    recovered = await service.recover()
+    # Files that changed a moment ago may belong to another server process: left alone.
+    assert await service.recover() == []
+    recovered = await service.recover(min_idle=0)
     assert recovered == [recording.id]
     async with world.app[keys.sessionmaker]() as db:
         row = await db.get(Recording, recording.id)
@@ -338,3 +344,137 @@ async def test_recover_marks_crashed_recordings_interrupted(world: World) -> Non
         assert row is not None and row.combined_status == "ready"
         assert row.status == "interrupted"  # stays interrupted once the combined file is built
     shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_call_record_control_renders_for_tutor_and_others(world: World) -> None:
+    from panda.web.recordings import call_recording_context
+
+    app = world.app
+    template = app[keys.templates].get_template("recordings/_call_record_control.html")
+    tutor_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.tutor)
+    assert tutor_ctx == {"recording_active": False, "can_record": True}
+    html = template.render(tutor_ctx)
+    assert 'data-action="record"' in html and 'aria-pressed="false"' in html
+    assert "data-recording-indicator" in html and " hidden" in html
+    student_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.student)
+    assert student_ctx["can_record"] is False
+    assert 'data-action="record"' not in template.render(student_ctx)
+    script = await world.client.get("/static/recordings/call_record.js")
+    assert script.status == 200
+
+
+async def test_combined_files_left_unfinished_are_built_at_start(world: World) -> None:
+    service = world.app[RECORDINGS]
+    recording = await world.recording(combined=False, status="processing")
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None
+        row.combined_status = "running"  # the server stopped while the worker ran
+        row.combined_progress = 0.4
+        await db.commit()
+    assert await service.recover() == []
+    await asyncio.wait_for(service.wait_background(), 120)
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None
+        assert (row.status, row.combined_status, row.combined_progress) == ("ready", "ready", 1.0)
+
+
+async def test_stopping_with_nothing_recorded_fails_clearly(world: World) -> None:
+    service = world.app[RECORDINGS]
+    room = FakeRoom()
+    service.room_lookup = {world.booking.id: room}.get
+    recording = await service.start(world.booking.id, world.tutor)
+    assert await service.stop(world.booking.id, world.admin) == recording.id
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None and row.status == "failed"
+        assert row.error is not None and "Nothing was recorded" in row.error
+    with pytest.raises(Conflict):
+        await service.stop(world.booking.id, world.admin)
+    with pytest.raises(Forbidden):
+        await service.start(world.booking.id, world.student)
+    with pytest.raises(NotFound):
+        await service.start(999_999, world.admin)
+
+
+async def test_recording_stops_when_the_call_ends(world: World) -> None:
+    service = world.app[RECORDINGS]
+    rooms: dict[int, FakeRoom] = {world.booking.id: FakeRoom()}
+    service.room_lookup = rooms.get
+    await service.start(world.booking.id, world.tutor)
+    await service.check_rooms()
+    assert service.is_recording(world.booking.id)
+    del rooms[world.booking.id]  # the call ended: its media room is gone
+    await service.check_rooms()
+    assert not service.is_recording(world.booking.id)
+
+
+def test_combined_options_from_the_environment() -> None:
+    from panda.config import ConfigError
+    from panda.media.recording_service import combined_options
+
+    assert combined_options({}) == ((1280, 720), 15)
+    assert combined_options({"PANDA_RECORDING_COMBINED_SIZE": "640x360",
+                             "PANDA_RECORDING_COMBINED_FPS": "10"}) == ((640, 360), 10)
+    for env in ({"PANDA_RECORDING_COMBINED_SIZE": "big"},
+                {"PANDA_RECORDING_COMBINED_SIZE": "641x360"},
+                {"PANDA_RECORDING_COMBINED_FPS": "0"},
+                {"PANDA_RECORDING_COMBINED_FPS": "x"}):
+        with pytest.raises(ConfigError):
+            combined_options(env)
+
+
+async def test_write_error_stops_the_recording_and_tells_the_call(world: World) -> None:
+    service = world.app[RECORDINGS]
+    room = FakeRoom()
+    service.room_lookup = {world.booking.id: room}.get
+    events: list[dict[str, Any]] = []
+    told = asyncio.Event()
+
+    async def listener(booking_id: int, message: dict[str, Any]) -> None:
+        events.append(message)
+        if message["state"] != "started":
+            told.set()
+
+    service.add_listener(listener)
+    recording = await service.start(world.booking.id, world.tutor)
+    # The disk goes away under the recording: its directory is no longer a directory.
+    directory = service.directory_of(recording)
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")
+    sink = room.factories[0](str(world.tutor.id), "audio", "microphone", "audio/opus")
+    for frame in encode_opus(440.0, 0.5):
+        sink.on_frame(make_packet(frame, AUDIO_TIME_BASE, 0), keyframe=True,
+                      arrival=time.monotonic())
+    await asyncio.wait_for(told.wait(), 30)
+    assert not service.is_recording(world.booking.id)
+    assert events[-1]["state"] == "failed"
+    assert "could not write" in events[-1]["message"]
+    async with world.app[keys.sessionmaker]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None and row.status == "failed" and row.error
+    directory.unlink()
+
+
+async def test_recording_that_cannot_start_is_a_clear_503(world: World) -> None:
+    service = world.app[RECORDINGS]
+    service.room_lookup = {world.booking.id: FakeRoom()}.get
+    blocked = service.recordings_dir
+    service.recordings_dir = blocked / "not-a-dir"
+    service.recordings_dir.write_text("")  # where the files should go is a plain file
+    try:
+        client = world.client
+        await login(client, world.tutor.email)
+        page = await (await client.get("/recordings")).text()
+        token = page.split('name="csrf_token" value="')[1].split('"')[0]
+        resp = await client.post(f"/api/sessions/{world.booking.id}/recording",
+                                 json={"action": "start"}, headers={"X-CSRF-Token": token})
+        assert resp.status == 503 and "could not start" in (await resp.json())["error"]
+        assert not service.is_recording(world.booking.id)
+        async with world.app[keys.sessionmaker]() as db:
+            rows = (await db.execute(select(Recording))).scalars().all()
+            assert [r.status for r in rows] == ["failed"]
+    finally:
+        service.recordings_dir.unlink()
+        service.recordings_dir = blocked

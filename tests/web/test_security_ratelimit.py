@@ -69,6 +69,12 @@ async def test_database_limiter_is_shared_and_windows_expire(sessionmaker_for) -
         await db.commit()
     assert (await second.peek("test:shared", 60))[0] == 0
     assert (await second.hit("test:shared", 60))[0] == 1
+    # Day-old counters are pruned.
+    async with sessionmaker_for() as db:
+        await db.execute(update(RateCounter).values(window_start=utcnow() - timedelta(days=2)))
+        await db.commit()
+    assert await second.prune() >= 2
+    assert (await second.peek("test:shared", 60))[0] == 0
 
 
 async def test_redis_limiter(fresh_redis_url: str) -> None:

@@ -59,9 +59,12 @@ class TutorProfile(Base):
         CheckConstraint("session_minutes IN (30, 45, 60, 90)", name="session_length"),
         CheckConstraint("hourly_rate_cents >= 0", name="rate_not_negative"),
         CheckConstraint("rating_count >= 0", name="rating_count_not_negative"),
-        Index("ix_tutor_profiles_listed_rating", "listed", "rating_avg"),
-        Index("ix_tutor_profiles_listed_rate", "listed", "hourly_rate_cents"),
-        Index("ix_tutor_profiles_listed_created", "listed", "created_at"),
+        # Search reads only this table: the sort orders walk these indexes and stop early.
+        Index(
+            "ix_tutor_profiles_search_rating", "approved", "listed", "rating_avg", "rating_count"
+        ),
+        Index("ix_tutor_profiles_search_rate", "approved", "listed", "hourly_rate_cents"),
+        Index("ix_tutor_profiles_search_created", "approved", "listed", "created_at"),
         Index("ix_tutor_profiles_location", "country", "city"),
     )
 
@@ -84,6 +87,9 @@ class TutorProfile(Base):
     rating_count: Mapped[int] = mapped_column(Integer, default=0)
     rating_avg: Mapped[float] = mapped_column(Float, default=0.0)
     listed: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Mirror of "the user is an approved, active tutor", kept by database triggers on users and
+    # tutor_profiles (migration 0004), so search never joins the users table.
+    approved: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -157,7 +163,14 @@ class AvailabilityWindow(Base):
 
     __tablename__ = "availability_windows"
     __table_args__ = (
-        Index("ix_availability_windows_start_tutor", "start_min", "tutor_id"),
+        # Covering index for the search filter's range scan on start_min.
+        Index(
+            "ix_availability_windows_search",
+            "start_min",
+            "end_min",
+            "session_minutes",
+            "tutor_id",
+        ),
         Index("ix_availability_windows_tutor_start", "tutor_id", "start_min"),
     )
 
@@ -166,6 +179,8 @@ class AvailabilityWindow(Base):
     # Minutes since the Unix epoch: portable arithmetic in SQL on every backend.
     start_min: Mapped[int] = mapped_column(Integer)
     end_min: Mapped[int] = mapped_column(Integer)
+    # The tutor's session length, copied so the search filter needs no join.
+    session_minutes: Mapped[int] = mapped_column(Integer, default=60)
 
 
 class Review(Base):
