@@ -32,7 +32,6 @@ from aiortc.rtp import (
     pack_remb_fci,
     unpack_remb_fci,
 )
-from aiortc.utils import uint16_gt
 
 logger = logging.getLogger(__name__)
 
@@ -343,39 +342,61 @@ class ReceiverTap:
         setattr(receiver, _RX + "started", True)
 
 
-class AudioPassThrough:
-    """Audio "jitter buffer" of the relay: every packet is a whole frame; forward it on
-    arrival, dropping only duplicates and packets older than the last one forwarded.
+MAX_GAP_WAIT = 0.5  # seconds a lost video packet may hold later frames back
 
-    aiortc's audio buffer holds 4 frames (80 ms) back and stalls on a lost packet until
-    16 more arrived (320 ms); the browser conceals a loss far better on its own.
+
+class RelayJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, changed for a relay (which has no playout to smooth:
+    the browser's own jitter buffer does that).
+
+    - A frame leaves as soon as its last packet (RTP marker bit) is in and nothing before
+      it is missing, not when the next frame's first packet arrives (a frame later).
+    - A packet still missing after ``max_gap_wait`` seconds (NACK/RTX did not bring it)
+      is given up: the incomplete frame is dropped, later ones go on and a PLI is asked
+      for. aiortc waits until 512 later packets have arrived (seconds of video).
     """
 
-    def __init__(self) -> None:
-        self._last: int | None = None
-
-    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        seq = packet.sequence_number
-        last = self._last
-        if last is not None and not uint16_gt(seq, last):
-            return False, None
-        self._last = seq
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
-
-
-class EarlyVideoJitterBuffer(JitterBuffer):
-    """aiortc's video jitter buffer, but a frame leaves as soon as its last packet (RTP
-    marker bit) is in and nothing before it is missing, instead of when the next frame's
-    first packet arrives (one frame interval later)."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__(capacity=capacity, is_video=True)
+    def __init__(self, kind: str = "video", *, max_gap_wait: float = MAX_GAP_WAIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if kind != "video":
+            raise ValueError("RelayJitterBuffer is for video")
+        super().__init__(capacity=512, is_video=True)
+        self.max_gap_wait = max_gap_wait
+        self._clock = clock
+        self._gap_since: float | None = None
+        self.gaps_skipped = 0
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli_flag, frame = super().add(packet)
         if frame is None and self._origin is not None:
             frame = self._frame_ending_with_marker()
+        if frame is None and self._origin is not None and self._skip_stale_gap():
+            pli_flag = True
+            frame = self._frame_ending_with_marker()
         return pli_flag, frame
+
+    def _skip_stale_gap(self) -> bool:
+        assert self._origin is not None
+        if self._packets[self._origin % self._capacity] is not None:
+            self._gap_since = None
+            return False
+        # The slot at the origin is empty: only a gap if later packets are waiting.
+        first = next((i for i in range(1, self._capacity)
+                      if self._packets[(self._origin + i) % self._capacity] is not None), None)
+        if first is None:
+            self._gap_since = None
+            return False
+        now = self._clock()
+        if self._gap_since is None:
+            self._gap_since = now
+            return False
+        if now - self._gap_since < self.max_gap_wait:
+            return False
+        # Drop the empty slots and the rest of the frame they belonged to.
+        self.smart_remove(first + 1)
+        self._gap_since = None
+        self.gaps_skipped += 1
+        return True
 
     def _frame_ending_with_marker(self) -> JitterFrame | None:
         assert self._origin is not None
@@ -410,9 +431,12 @@ def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
     # aiortc's buffers are made for its decoder; a relay has no playout to smooth (the
     # browser's jitter buffer does that), so frames go out as soon as they are whole.
     if getattr(receiver, _RX + "kind") == "audio":
-        setattr(receiver, _RX + "jitter_buffer", AudioPassThrough())
+        # Only the 80 ms prefetch goes: merging same-timestamp packets and waiting out a
+        # gap stay aiortc's (forwarding every packet on arrival let Chromium's receiver
+        # hear faint noise from a muted sender).
+        setattr(receiver, _RX + "jitter_buffer", JitterBuffer(capacity=16, prefetch=0))
     else:
-        setattr(receiver, _RX + "jitter_buffer", EarlyVideoJitterBuffer(capacity=512))
+        setattr(receiver, _RX + "jitter_buffer", RelayJitterBuffer("video"))
     setattr(receiver, _RX + "decoder_queue", _TapQueue(tap))
     # Stopping the "decoder" (BYE, DTLS close, stop()) must not end the tap: the room
     # decides when a publication ends.

@@ -16,6 +16,7 @@ import aiortc
 import pytest
 from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
@@ -183,9 +184,11 @@ async def test_taps_replace_aiortc_jitter_buffers() -> None:
             RTCRtpReceiver._handle_rtp_packet)
         aiortc_patches.tap_receiver(audio)
         aiortc_patches.tap_receiver(video)
-        assert isinstance(audio._RTCRtpReceiver__jitter_buffer, aiortc_patches.AudioPassThrough)
+        audio_buffer = audio._RTCRtpReceiver__jitter_buffer
+        assert audio_buffer.capacity == 16 and not audio_buffer._is_video
+        assert audio_buffer._prefetch == 0
         buffer = video._RTCRtpReceiver__jitter_buffer
-        assert isinstance(buffer, aiortc_patches.EarlyVideoJitterBuffer)
+        assert isinstance(buffer, aiortc_patches.RelayJitterBuffer)
         assert buffer.capacity == 512 and buffer._is_video
     finally:
         await pc.close()
@@ -198,17 +201,15 @@ def _rtp(seq: int, timestamp: int, data: bytes, marker: int = 0) -> RtpPacket:
     return packet
 
 
-def test_audio_pass_through_forwards_on_arrival() -> None:
-    buffer = aiortc_patches.AudioPassThrough()
-    out = [buffer.add(_rtp(seq, seq * 960, bytes([seq % 256])))[1] for seq in (65534, 65535, 0)]
-    assert [f.data for f in out if f] == [b"\xfe", b"\xff", b"\x00"]  # across the wrap
-    assert buffer.add(_rtp(3, 2880, b"c"))[1] is not None  # a gap: forwarded at once
-    assert buffer.add(_rtp(2, 1920, b"late"))[1] is None  # older than the last: dropped
-    assert buffer.add(_rtp(3, 2880, b"c"))[1] is None  # duplicate: dropped
+def test_audio_buffer_has_no_prefetch() -> None:
+    buffer = JitterBuffer(capacity=16, prefetch=0)  # what tap_receiver installs for audio
+    assert buffer.add(_rtp(65535, 0, b"a"))[1] is None
+    frame = buffer.add(_rtp(0, 960, b"b"))[1]  # one packet later, not four
+    assert frame is not None and frame.data == b"a"
 
 
 def test_early_video_buffer_emits_a_frame_at_its_marker() -> None:
-    buffer = aiortc_patches.EarlyVideoJitterBuffer(capacity=512)
+    buffer = aiortc_patches.RelayJitterBuffer("video")
     assert buffer.add(_rtp(10, 3000, b"a"))[1] is None
     assert buffer.add(_rtp(11, 3000, b"b"))[1] is None
     frame = buffer.add(_rtp(12, 3000, b"c", marker=1))[1]
@@ -278,3 +279,21 @@ async def test_codec_helpers() -> None:
         assert mimes == ["video/vp8", "video/h264"]
     finally:
         await pc.close()
+
+
+def test_early_video_buffer_gives_up_a_lost_packet_after_a_while() -> None:
+    now = [0.0]
+    buffer = aiortc_patches.RelayJitterBuffer("video", max_gap_wait=0.5, clock=lambda: now[0])
+    assert buffer.add(_rtp(1, 3000, b"a", marker=1))[1] is not None
+    # packet 2 (first half of frame 6000) is lost for good; 3 completes that frame
+    assert buffer.add(_rtp(3, 6000, b"c", marker=1)) == (False, None)
+    now[0] = 0.2
+    assert buffer.add(_rtp(4, 9000, b"d", marker=1)) == (False, None)  # still waiting
+    now[0] = 0.6
+    pli, frame = buffer.add(_rtp(5, 12000, b"e", marker=1))
+    # the broken frame 6000 is dropped, frame 9000 goes out, a keyframe is asked for
+    assert pli and frame is not None and frame.data == b"d" and buffer.gaps_skipped == 1
+    assert buffer.add(_rtp(6, 15000, b"f", marker=1))[1] is not None
+    # frame 12000 came in whole meanwhile: it is next, nothing else is lost
+    assert buffer.add(_rtp(7, 18000, b"g", marker=1))[1] is not None
+
