@@ -1,7 +1,8 @@
 """Fixed-window attempt counters (login throttling, mail resends) behind one small interface.
 
 Three stores: memory (one process only), the `rate_counters` table (the default: every process
-sharing the database sees the same counts) and Redis (when `settings.redis_url` is set).
+sharing the database sees the same counts) and Redis through the bus (when `settings.redis_url`
+is set; `panda.bus.ratelimit.BusRateLimiter` implements this same interface).
 """
 
 from __future__ import annotations
@@ -167,54 +168,24 @@ class DatabaseRateLimiter:
         return None
 
 
-class RedisRateLimiter:
-    """Counters in Redis (INCR with an expiry): shared by every process and machine."""
-
-    def __init__(self, url: str, prefix: str = "panda:rl:") -> None:
-        import redis.asyncio as aioredis
-
-        self._redis: Any = aioredis.from_url(url)
-        self._prefix = prefix
-
-    async def hit(self, key: str, window: int) -> tuple[int, int]:
-        name = self._prefix + key
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
-            pipe.expire(name, window, nx=True)
-            pipe.ttl(name)
-            count, _, ttl = await pipe.execute()
-        return int(count), _remaining(ttl if ttl and ttl > 0 else window)
-
-    async def peek(self, key: str, window: int) -> tuple[int, int]:
-        name = self._prefix + key
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(name)
-            pipe.ttl(name)
-            raw, ttl = await pipe.execute()
-        if raw is None:
-            return 0, window
-        return int(raw), _remaining(ttl if ttl and ttl > 0 else window)
-
-    async def clear(self, key: str) -> None:
-        await self._redis.delete(self._prefix + key)
-
-    async def close(self) -> None:
-        await self._redis.aclose()
-
-
 def _remaining(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
 def create_limiter(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    app: web.Application | None = None,
 ) -> RateLimiter:
-    """Redis when configured, else the database; `extra["ratelimit"]="memory"` for one process."""
+    """The bus's Redis when configured, else the database; `extra["ratelimit"]="memory"` for one
+    process. Redis is reached through `panda.bus` (the one module that talks to Redis)."""
     choice = settings.extra.get("ratelimit")
     if choice == "memory":
         return MemoryRateLimiter()
-    if settings.redis_url and choice != "database":
-        return RedisRateLimiter(settings.redis_url)
+    if settings.redis_url and choice != "database" and app is not None:
+        from panda.bus.ratelimit import BusRateLimiter
+
+        return BusRateLimiter(app)
     return DatabaseRateLimiter(sessionmaker)
 
 
@@ -223,7 +194,7 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     """Create the application's limiter after the database (cleanup_ctx)."""
-    limiter = create_limiter(app[keys.settings], app[keys.sessionmaker])
+    limiter = create_limiter(app[keys.settings], app[keys.sessionmaker], app)
     app[LIMITER] = limiter
     yield
     await limiter.close()

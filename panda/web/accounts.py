@@ -6,6 +6,7 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from panda import keys, ratelimit
+from panda.bus import setup_bus
 from panda.errors import RateLimited
 from panda.passwords import hash_password_async, password_problem, verify_password_async
 from panda.ratelimit import get_limiter
@@ -409,6 +410,9 @@ async def invite_submit(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     """Register the routes of this area and the shared rate limiter."""
+    # With Redis configured the counters live in the bus, which must then be running.
+    if app[keys.settings].redis_url:
+        setup_bus(app)
     app.cleanup_ctx.append(ratelimit.limiter_ctx)
     app.router.add_get("/signup", signup_page, name="signup")
     app.router.add_post("/signup", signup_submit)

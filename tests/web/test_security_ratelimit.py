@@ -15,7 +15,6 @@ from panda.ratelimit import (
     DatabaseRateLimiter,
     MemoryRateLimiter,
     RateLimiter,
-    RedisRateLimiter,
     Rule,
 )
 from panda.store.db import create_engine, create_sessionmaker
@@ -77,21 +76,64 @@ async def test_database_limiter_is_shared_and_windows_expire(sessionmaker_for) -
     assert (await second.peek("test:shared", 60))[0] == 0
 
 
-async def test_redis_limiter(fresh_redis_url: str) -> None:
-    limiter = RedisRateLimiter(fresh_redis_url)
+async def test_redis_limiter_through_the_bus(fresh_redis_url: str) -> None:
+    from panda.bus import create_bus
+    from panda.bus.ratelimit import BusRateLimiter
+
+    buses = [create_bus(fresh_redis_url), create_bus(fresh_redis_url)]
+    for bus in buses:
+        await bus.start()
     try:
-        await exercise(limiter)
-        other = RedisRateLimiter(fresh_redis_url)
-        await limiter.hit("test:shared", 60)
-        assert (await other.hit("test:shared", 60))[0] == 2
-        await other.close()
+        await exercise(BusRateLimiter(buses[0]))
+        # Two processes (two buses) share the counts.
+        first, second = BusRateLimiter(buses[0]), BusRateLimiter(buses[1])
+        await first.hit("test:shared", 60)
+        assert (await second.hit("test:shared", 60))[0] == 2
     finally:
-        await limiter.close()
+        for bus in buses:
+            await bus.close()
 
 
 def test_limiter_choice(settings) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
+    from panda.bus.ratelimit import BusRateLimiter
+
     assert isinstance(ratelimit.create_limiter(settings, None), DatabaseRateLimiter)  # type: ignore[arg-type]
     redis_settings = settings.with_(redis_url="redis://127.0.0.1:1/0")
-    assert isinstance(ratelimit.create_limiter(redis_settings, None), RedisRateLimiter)  # type: ignore[arg-type]
+    limiter = ratelimit.create_limiter(redis_settings, None, web.Application())  # type: ignore[arg-type]
+    assert isinstance(limiter, BusRateLimiter)
     memory = settings.with_(extra={"ratelimit": "memory"})
     assert isinstance(ratelimit.create_limiter(memory, None), MemoryRateLimiter)  # type: ignore[arg-type]
+
+
+async def test_login_throttle_counts_in_redis_when_configured(
+    aiohttp_client,
+    settings,
+    fresh_redis_url: str,  # type: ignore[no-untyped-def]
+) -> None:
+    from panda.app import create_app
+    from panda.bus.ratelimit import BusRateLimiter
+    from tests.helpers import get_csrf
+
+    client = await aiohttp_client(create_app(settings.with_(redis_url=fresh_redis_url)))
+    assert isinstance(ratelimit.get_limiter(client.app), BusRateLimiter)
+    for _ in range(10):
+        token = await get_csrf(client, "/login")
+        resp = await client.post(
+            "/login",
+            data={"email": "r@example.test", "password": "wrong pw!!", "csrf_token": token},
+        )
+        assert resp.status == 400
+    token = await get_csrf(client, "/login")
+    resp = await client.post(
+        "/login", data={"email": "r@example.test", "password": "wrong pw!!", "csrf_token": token}
+    )
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
+    import redis.asyncio as aioredis
+
+    direct = aioredis.from_url(fresh_redis_url)
+    try:
+        assert any([key async for key in direct.scan_iter(match="*login-account*")])
+    finally:
+        await direct.aclose()
