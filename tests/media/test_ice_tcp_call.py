@@ -111,6 +111,19 @@ _BLOCK_UDP = [
 ]
 
 
+# A firewall that silently drops UDP: packets arriving over the veth link are discarded
+# (the sender sees no error and must time out), in both namespaces.
+def _drop_udp_arriving_on(dev: str) -> list[list[str]]:
+    rules = []
+    for family in ("-4", "-6"):
+        rules += [
+            ["ip", family, "rule", "add", "pref", "10", "iif", dev, "ipproto", "udp", "blackhole"],
+            ["ip", family, "rule", "add", "pref", "100", "lookup", "local"],
+            ["ip", family, "rule", "del", "pref", "0"],
+        ]
+    return rules
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
@@ -123,8 +136,11 @@ async def _run(*cmd: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed")
 
 
-async def _make_namespace_b() -> tuple[asyncio.subprocess.Process, list[str]]:
-    """Namespace B (held open by a sleeping process), its veth link to A, UDP refused."""
+async def _make_namespace_b(
+    silent: bool = False,
+) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """Namespace B (held open by a sleeping process), its veth link to A, UDP refused in B
+    (or, with `silent`, UDP silently dropped on arrival in both A and B)."""
     holder = await asyncio.create_subprocess_exec("unshare", "-n", "sleep", "600")
     own = os.readlink("/proc/self/ns/net")
     async with asyncio.timeout(10):
@@ -144,9 +160,16 @@ async def _make_namespace_b() -> tuple[asyncio.subprocess.Process, list[str]]:
         [*enter, "ip", "link", "set", "lo", "up"],
         [*enter, "ip", "addr", "add", f"{NET_B}/24", "dev", "vb"],
         [*enter, "ip", "link", "set", "vb", "up"],
-        *([*enter, *cmd] for cmd in _BLOCK_UDP),
     ):
         await _run(*cmd)
+    if silent:
+        for cmd in _drop_udp_arriving_on("va"):
+            await _run(*cmd)
+        for cmd in _drop_udp_arriving_on("vb"):
+            await _run(*enter, *cmd)
+    else:
+        for cmd in _BLOCK_UDP:
+            await _run(*enter, *cmd)
     return holder, enter
 
 
@@ -219,7 +242,7 @@ async def _network_loss(
     return {"seconds_to": seconds_to, "states": states}
 
 
-async def _inside_namespace_a(loss: bool = False) -> dict[str, Any]:
+async def _inside_namespace_a(loss: bool = False, silent: bool = False) -> dict[str, Any]:
     from aiohttp import WSMsgType, web
     from playwright.async_api import async_playwright
 
@@ -231,7 +254,7 @@ async def _inside_namespace_a(loss: bool = False) -> dict[str, Any]:
     from tests.media.test_ice_tcp_client import Cfg
 
     tmp = Path(tempfile.mkdtemp(prefix="ice-tcp-call-"))
-    holder, enter = await _make_namespace_b()
+    holder, enter = await _make_namespace_b(silent)
     result: dict[str, Any] = {"udp_from_b": _probe_udp_from_b(enter)}
     wrapper = tmp / "chromium-in-b"
     wrapper.write_text(f'#!/bin/sh\nexec {" ".join(enter)} {CHROMIUM} "$@"\n')
@@ -290,6 +313,7 @@ async def _inside_namespace_a(loss: bool = False) -> dict[str, Any]:
                 await alice.wait_for_function(
                     "window.pc && window.pc.connectionState === 'connected'", timeout=30000
                 )
+                bob_started = asyncio.get_running_loop().time()
                 await bob.goto(f"http://{NET_A}:{port}/?id=bob&publish=1")
                 reports: dict[str, Any] = {}
 
@@ -306,6 +330,11 @@ async def _inside_namespace_a(loss: bool = False) -> dict[str, Any]:
                         while not done():
                             for name, tab in (("alice", alice), ("bob", bob)):
                                 reports[name] = await tab.evaluate("report()")
+                            if "bob_connected_after" not in result and (
+                                reports["bob"].get("state") == "connected"
+                            ):
+                                elapsed = asyncio.get_running_loop().time() - bob_started
+                                result["bob_connected_after"] = round(elapsed, 1)
                             await asyncio.sleep(0.3)
                 except TimeoutError:
                     result["timeout"] = True
@@ -405,5 +434,34 @@ async def test_tcp_participant_survives_a_network_outage() -> None:
     assert result["tcp_streams"] >= 1, result
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(not _can_run(), reason="needs unshare, nsenter and ip (network namespaces)")
+async def test_call_with_udp_silently_dropped() -> None:
+    """A firewall that drops UDP without a word: the browser falls back to TCP on its own."""
+    proc = await asyncio.create_subprocess_exec(
+        "unshare",
+        "-n",
+        sys.executable,
+        "-m",
+        "tests.media.test_ice_tcp_call",
+        "silent",
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["udp_from_b"] == "blocked (dropped)", result
+    assert "timeout" not in result, result
+    alice, bob = result["browsers"]["alice"], result["browsers"]["bob"]
+    for who in (alice, bob):
+        assert who["video"] > 0 and who["audio"] > 0, result
+    assert bob["local_protocol"] == "tcp", result
+    assert result["relay"] == {"alice": "udp", "bob": "tcp"}, result
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(_inside_namespace_a(sys.argv[1:] == ["loss"]))))
+    mode = sys.argv[1] if len(sys.argv) > 1 else "refused"
+    print(json.dumps(asyncio.run(_inside_namespace_a(mode == "loss", mode == "silent"))))

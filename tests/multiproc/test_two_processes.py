@@ -87,6 +87,7 @@ async def test_message_via_a_reaches_user_on_b_within_a_second(
         assert event["message"]["text"] == f"hello {n}"
         assert event["unread"] == n + 1
     assert max(latencies) < 1.0, latencies
+    print(f"A->B delivery (POST on A to event on B): {[round(x * 1000) for x in latencies]} ms")
     # Presence and unread counts agree on both processes.
     for server in (a, b):
         mine = await student.get(f"{server.url}/api/conversations")
