@@ -7,6 +7,7 @@ import { StatsWatcher } from "./stats.js";
 const DISCONNECT_GRACE_MS = 3000; // "disconnected" this long => new peer connection
 const CONNECT_TIMEOUT_MS = 15000; // no media connection this long after joining => new peer connection
 const BACKOFF_MS = [500, 1000, 2000, 3000, 5000];
+const MEDIA_STALL_MS = 8000; // connected, others publishing, nothing received this long => new peer connection
 const STATUS_TEXT = {
   idle: "Ready to join",
   waiting: "Not open yet",
@@ -209,7 +210,7 @@ class CallPage {
     this.setPressed("camera", this.cameraOff, this.cameraOff ? "Start video" : "Stop video");
     this.setPressed("mute", !this.tracks.audio, this.tracks.audio ? "Mute" : "No microphone");
     this.muted = !this.tracks.audio;
-    this.timers.stats = setInterval(() => this.stats.update(this.peer && this.peer.pc).catch(() => {}), 2000);
+    this.timers.stats = setInterval(() => this.tick().catch(() => {}), 2000);
     this.openSocket();
   }
 
@@ -366,7 +367,24 @@ class CallPage {
     }
   }
 
+  async tick() {
+    const peer = this.peer;
+    if (!peer) return;
+    await this.stats.update(peer.pc);
+    // Safety net: the others publish and the relay says they are connected, yet nothing has
+    // arrived for a while. Whatever went wrong on the way, a new peer connection fixes it.
+    const now = performance.now();
+    const expecting = [...this.participants.values()].some(
+      (p) => p.connection === "connected" && p.media && (p.media.audio || p.media.video || p.media.screen));
+    if (this.state === "connected" && peer === this.peer && expecting &&
+        now - this.connectedAt > MEDIA_STALL_MS && now - this.stats.lastInboundGrowth > MEDIA_STALL_MS) {
+      this.rejoin("Restoring the media connection…");
+    }
+  }
+
   onConnected() {
+    this.connectedAt = performance.now();
+    this.stats.reset();
     clearTimeout(this.timers.connect);
     clearTimeout(this.timers.disconnect);
     this.attempt = 0;

@@ -10,11 +10,18 @@ export class StatsWatcher {
     this.root = root;
     this.prev = null;
     this.last = {};
+    this.lastInboundGrowth = performance.now(); // when received bytes last went up
   }
 
   field(name, text) {
     const el = this.root.querySelector(`[data-detail="${name}"]`);
     if (el) el.textContent = text;
+  }
+
+  /** Forget the previous sample (a new peer connection starts counting from zero). */
+  reset() {
+    this.prev = null;
+    this.lastInboundGrowth = performance.now();
   }
 
   /** Read the peer connection's statistics once and show them. */
@@ -44,6 +51,7 @@ export class StatsWatcher {
         this.field("out", fmtRate(((bytesOut - this.prev.bytesOut) * 8) / dt));
       }
     }
+    if (!this.prev || bytesIn > this.prev.bytesIn) this.lastInboundGrowth = now;
     this.prev = { at: now, bytesIn, bytesOut };
     this.field("ice", pc.connectionState);
     if (pair) {
