@@ -53,7 +53,7 @@ MANIFEST_NAME = "manifest.json"
 JUMP_THRESHOLD = 1.0
 # How long (seconds of arrival time) a group waits for all its tracks' first usable frames
 # before it writes its file header with the tracks it has.
-HEADER_GRACE = 1.5
+HEADER_GRACE = 3.0
 # At the start of a participant's first file, audio may begin this much before the picture.
 AUDIO_LEAD = 0.02
 # Most packets kept in memory for a group whose header is not written yet.

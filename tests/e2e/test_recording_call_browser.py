@@ -28,7 +28,7 @@ API_JS = """async (path) => {
   const r = await fetch(path, {credentials: "same-origin"});
   return {status: r.status, body: await r.json()};
 }"""
-INDICATOR_JS = "() => !document.querySelector('[data-recording-indicator]').hidden"
+INDICATOR_JS = "() => !document.querySelector('[data-recording-badge]').hidden"
 MIDDLE_FRAME_JS = """async () => {
   const v = document.querySelector('[data-testid="combined-player"]');
   if (v.readyState < 1) await new Promise((ok) => { v.onloadedmetadata = ok; });
@@ -88,7 +88,7 @@ async def test_tutor_records_a_call_and_plays_it_back(pair: dict[str, Any]) -> N
         await asyncio.sleep(0.5)
 
     await tutor.locator('[data-action="record"]').click()
-    hidden = "() => document.querySelector('[data-recording-indicator]').hidden"
+    hidden = "() => document.querySelector('[data-recording-badge]').hidden"
     await asyncio.gather(wait_js(tutor, hidden), wait_js(student, hidden))
 
     done = await _until_api(
@@ -97,7 +97,7 @@ async def test_tutor_records_a_call_and_plays_it_back(pair: dict[str, Any]) -> N
         "the combined file")
     body = done["body"]
     assert body["status"] == "ready" and body["combined"]["status"] == "ready", body
-    assert len(body["files"]) == 2 and body["duration_seconds"] > 1.5
+    assert len(body["files"]) == 2 and body["duration_seconds"] > 1.5, body
     assert {f["source"] for f in body["files"]} == {"main"}
 
     # The student cannot see it (the default setting), the tutor plays it.
