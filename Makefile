@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
-TEST_TIMEOUT ?= 2400
+TEST_TIMEOUT ?= 3600
 PYTEST_ARGS ?=
 
 .PHONY: run test install install-dev test-deps lint clean

@@ -77,10 +77,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     if not args.no_migrate:
         _migrate(settings.database_url)
-    if settings.workers > 1:
-        from panda.workers import run_workers
-
-        return run_workers(settings)
     print(f"Panda Professor is serving on http://{settings.host}:{settings.port}", flush=True)
     try:
         web.run_app(

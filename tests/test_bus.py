@@ -232,3 +232,17 @@ async def test_periodic_work_runs_in_one_process_at_a_time(fresh_redis_url: str)
                 task.cancel()
             await asyncio.gather(*app[_ONCE_TASKS], return_exceptions=True)
             await app[BUS].close()
+
+
+async def test_bus_rate_limiter(bus: Bus) -> None:
+    from panda.bus.ratelimit import BusRateLimiter
+
+    limiter = BusRateLimiter(bus)
+    assert await limiter.peek("login:a", 60) == (0, 60)
+    assert (await limiter.hit("login:a", 60))[0] == 1
+    count, left = await limiter.hit("login:a", 60)
+    assert count == 2 and 1 <= left <= 60
+    assert (await limiter.peek("login:a", 60))[0] == 2
+    await limiter.clear("login:a")
+    assert await limiter.peek("login:a", 60) == (0, 60)
+    await limiter.close()

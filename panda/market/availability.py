@@ -205,6 +205,9 @@ def parse_instant(value: str) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         return None
+    # Far-off years are never bookable and would overflow date arithmetic further on.
+    if not 1971 <= parsed.year <= 2200:
+        return None
     return parsed.astimezone(UTC)
 
 

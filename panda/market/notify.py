@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -76,10 +77,15 @@ async def mark_read(db: AsyncSession, user_id: int, notification_id: int | None 
 
 
 async def dispatch_mail(
-    sessionmaker: async_sessionmaker[AsyncSession], mailer: Mailer, base_url: str, limit: int = 50
+    sessionmaker: async_sessionmaker[AsyncSession],
+    mailer: Mailer,
+    base_url: str,
+    limit: int = 50,
+    on_claimed: Callable[[Notification], Awaitable[None]] | None = None,
 ) -> int:
     """Send queued notification e-mails; each is claimed with a conditional update first, so
-    several processes never send the same one twice. Returns how many were sent."""
+    several processes never send the same one twice (`on_claimed` hears about each once).
+    Returns how many were sent."""
     async with sessionmaker() as db:
         ids = list(
             (
@@ -110,6 +116,11 @@ async def dispatch_mail(
                 )
             ).one()
             note, user = row
+            if on_claimed is not None:
+                try:
+                    await on_claimed(note)
+                except Exception:
+                    log.exception("live push of notification %s failed", nid)
             body = note.body
             if note.link:
                 body = f"{body}\n\n{base_url}{note.link}" if body else f"{base_url}{note.link}"

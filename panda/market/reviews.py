@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -121,7 +123,12 @@ async def set_hidden(
 
 
 async def write_audit(
-    db: AsyncSession, actor: User, action: str, target_type: str, target_id: str, detail: dict
+    db: AsyncSession,
+    actor: User,
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any],
 ) -> None:
     """Record an admin action in the audit log, in the caller's transaction."""
     from panda.store import audit

@@ -22,11 +22,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from panda import keys
+from panda.bus import BUS as BUS_KEY
 from panda.market import notify as notes
 from panda.market.availability import zone_of
 from panda.market.booking import expire_due
 from panda.market.tutors import rebuild_windows
-from panda.store.models import Booking, SentMarker, TutorProfile, User
+from panda.store.models import Booking, Notification, SentMarker, TutorProfile, User
 from panda.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,18 @@ async def tick(app: web.Application, now: datetime | None = None) -> dict[str, i
         "windows": await refresh_windows(sm, now),
     }
     settings = app[keys.settings]
-    result["mails"] = await notes.dispatch_mail(sm, app[keys.mailer], settings.base_url)
+
+    async def push(note: Notification) -> None:
+        # Open tabs refresh their navbar badge at once (through the bus, so any node).
+        from panda.web.live import publish_to_user
+
+        await publish_to_user(
+            app, note.user_id, {"type": "notification", "title": note.title, "link": note.link}
+        )
+
+    result["mails"] = await notes.dispatch_mail(
+        sm, app[keys.mailer], settings.base_url, on_claimed=push if BUS_KEY in app else None
+    )
     return result
 
 

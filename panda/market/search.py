@@ -55,13 +55,42 @@ def _money(raw: str, name: str, errors: dict[str, str]) -> int | None:
     except ValueError:
         errors[name] = "Enter an amount like 25 or 25.50."
         return None
-    if value < 0 or value > 100_000:
+    if not 0 <= value <= 100_000:  # also refuses nan
         errors[name] = "Enter an amount between 0 and 100000."
         return None
     return round(value * 100)
 
 
-def parse_query(params: Any, *, now: datetime | None = None) -> SearchQuery:
+def _local_window(params: Any, tz: str, errors: dict[str, str]) -> tuple[str, str]:
+    """ISO instants from the page's local fields (free_day, free_start, free_end in `tz`)."""
+    from datetime import date as date_cls
+
+    from panda.market.availability import local_to_utc, parse_hhmm, zone_of
+
+    day_raw = str(params.get("free_day", "")).strip()
+    if not day_raw:
+        return "", ""
+    try:
+        day = date_cls.fromisoformat(day_raw)
+    except ValueError:
+        errors["free_day"] = "Pick a date."
+        return "", ""
+    start = parse_hhmm(str(params.get("free_start", "")) or "00:00")
+    end = parse_hhmm(str(params.get("free_end", "")) or "24:00")
+    if start is None or end is None or start >= end:
+        errors["free_start"] = "Give a start time before the end time."
+        return "", ""
+    if not 1971 <= day.year <= 2200:
+        errors["free_day"] = "Pick a date in the next weeks."
+        return "", ""
+    zone = zone_of(tz)
+    return (
+        local_to_utc(day, start, zone).isoformat(),
+        local_to_utc(day, end, zone).isoformat(),
+    )
+
+
+def parse_query(params: Any, *, now: datetime | None = None, tz: str = "UTC") -> SearchQuery:
     """A SearchQuery from query-string parameters; field errors collected in `errors`."""
     q = SearchQuery()
     errors = q.errors
@@ -84,6 +113,8 @@ def parse_query(params: Any, *, now: datetime | None = None) -> SearchQuery:
             q.min_rating = None
     raw_from = str(params.get("free_from", "")).strip()
     raw_to = str(params.get("free_to", "")).strip()
+    if not raw_from and not raw_to:
+        raw_from, raw_to = _local_window(params, tz, errors)
     if raw_from or raw_to:
         q.free_from = parse_instant(raw_from) if raw_from else None
         q.free_to = parse_instant(raw_to) if raw_to else None

@@ -19,7 +19,7 @@ from typing import Any
 from aioice import Candidate, Connection
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from aiortc.rtp import (
@@ -28,9 +28,11 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
 )
+from aiortc.utils import uint16_gt
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +343,62 @@ class ReceiverTap:
         setattr(receiver, _RX + "started", True)
 
 
+class AudioPassThrough:
+    """Audio "jitter buffer" of the relay: every packet is a whole frame; forward it on
+    arrival, dropping only duplicates and packets older than the last one forwarded.
+
+    aiortc's audio buffer holds 4 frames (80 ms) back and stalls on a lost packet until
+    16 more arrived (320 ms); the browser conceals a loss far better on its own.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        last = self._last
+        if last is not None and not uint16_gt(seq, last):
+            return False, None
+        self._last = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+class EarlyVideoJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, but a frame leaves as soon as its last packet (RTP
+    marker bit) is in and nothing before it is missing, instead of when the next frame's
+    first packet arrives (one frame interval later)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli_flag, frame = super().add(packet)
+        if frame is None and self._origin is not None:
+            frame = self._frame_ending_with_marker()
+        return pli_flag, frame
+
+    def _frame_ending_with_marker(self) -> JitterFrame | None:
+        assert self._origin is not None
+        packets: list[RtpPacket] = []
+        timestamp: int | None = None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                return None
+            if timestamp is None:
+                timestamp = packet.timestamp
+            elif packet.timestamp != timestamp:
+                return None
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return JitterFrame(
+                    data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
+                    timestamp=timestamp,
+                )
+        return None
+
+
 def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
     """Replace ``receiver``'s decoding path by a :class:`ReceiverTap` (idempotent)."""
     existing = getattr(receiver, "_panda_tap", None)
@@ -349,6 +407,12 @@ def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
     if getattr(receiver, _RX + "started"):
         raise RuntimeError("tap_receiver() must run before the receiver starts")
     tap = ReceiverTap(receiver)
+    # aiortc's buffers are made for its decoder; a relay has no playout to smooth (the
+    # browser's jitter buffer does that), so frames go out as soon as they are whole.
+    if getattr(receiver, _RX + "kind") == "audio":
+        setattr(receiver, _RX + "jitter_buffer", AudioPassThrough())
+    else:
+        setattr(receiver, _RX + "jitter_buffer", EarlyVideoJitterBuffer(capacity=512))
     setattr(receiver, _RX + "decoder_queue", _TapQueue(tap))
     # Stopping the "decoder" (BYE, DTLS close, stop()) must not end the tap: the room
     # decides when a publication ends.

@@ -793,8 +793,16 @@ class Participant:
                 return
             if not self._update_subscriptions():
                 return
-            offer_sdp = await self._create_offer()
-            await self.pc.setLocalDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            try:
+                offer_sdp = await self._create_offer()
+                await self.pc.setLocalDescription(
+                    RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            except Exception:
+                # aiortc cannot roll back a half-applied local offer: start this
+                # participant over (the page rejoins with a new connection).
+                logger.exception("participant %s: re-offer failed", self.id)
+                self._vanish("failed")
+                return
             self._offer_outstanding = True
             tracks = {
                 sub.transceiver.mid: {

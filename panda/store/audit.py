@@ -28,23 +28,38 @@ async def record(
     target: User | None = None,
     *,
     target_type: str | None = None,
-    target_id: str | None = None,
-    **detail: Any,
+    target_id: str | int | None = None,
+    detail: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> AuditEntry:
-    """Add one entry (flushed with the caller's transaction)."""
+    """Add one entry (flushed with the caller's transaction); `detail` and keywords are merged."""
+    data: dict[str, Any] = {**(detail or {}), **extra}
     if target is not None:
-        target_type, target_id = "user", str(target.id)
-        detail.setdefault("email", target.email)
+        target_type, target_id = "user", target.id
+        data.setdefault("email", target.email)
     entry = AuditEntry(
         actor_id=actor.id if actor else None,
         action=action,
         target_type=target_type,
-        target_id=target_id,
-        detail=detail,
+        target_id=str(target_id) if target_id is not None else None,
+        detail=data,
     )
     db.add(entry)
     await db.flush()
     return entry
+
+
+def label(action: str) -> str:
+    """A readable name for an action, including other areas' ("recording.settings")."""
+    if action in ACTIONS:
+        return ACTIONS[action]
+    return action.replace(".", ": ").replace("_", " ").capitalize()
+
+
+async def known_actions(db: AsyncSession) -> list[str]:
+    """Every action name present in the log, plus ours."""
+    rows = (await db.execute(select(AuditEntry.action).distinct())).scalars().all()
+    return sorted(set(ACTIONS) | {str(r) for r in rows})
 
 
 async def list_entries(

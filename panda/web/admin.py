@@ -300,10 +300,11 @@ async def user_action(request: web.Request) -> web.StreamResponse:
 async def audit_log(request: web.Request) -> web.StreamResponse:
     """Every admin action, newest first."""
     require_role(request, "admin")
-    action = request.query.get("action", "")
-    action = action if action in audit.ACTIONS else ""
+    action = request.query.get("action", "")[:64]
     page = _page(request)
     async with request.app[keys.sessionmaker]() as db:
+        actions = await audit.known_actions(db)
+        action = action if action in actions else ""
         entries, total = await audit.list_entries(
             db, action=action, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
         )
@@ -316,13 +317,15 @@ async def audit_log(request: web.Request) -> web.StreamResponse:
             "page": page,
             "pages": _pages(total),
             "action": action,
+            "actions": actions,
             "action_labels": audit.ACTIONS,
         },
     )
 
 
 def setup(app: web.Application) -> None:
-    """Register the admin routes."""
+    """Register the admin routes and the `audit_label` template helper."""
+    app[keys.templates].globals["audit_label"] = audit.label
     app.router.add_get("/admin", admin_home, name="admin")
     app.router.add_get("/admin/tutors", tutor_queue, name="admin_tutors")
     app.router.add_post(r"/admin/tutors/{user_id}/{decision:approve|reject}", tutor_decide)

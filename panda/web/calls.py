@@ -192,8 +192,6 @@ async def call_page(request: web.Request) -> web.StreamResponse:
             "opens_at": store.opens_at(booking),
             "closes_at": store.closes_at(booking),
             "can_end": store.may_end(access),
-            "can_record": store.may_end(access) and _recordings(request.app) is not None,
-            "is_recording": _is_recording(request.app, booking.id),
             "ice_servers_json": json.dumps(list(settings.ice_servers)),
             "ws_path": f"/ws/sessions/{booking.id}/call",
         },
@@ -211,11 +209,6 @@ async def open_calls_fragment(request: web.Request) -> web.StreamResponse:
             rows = await db.execute(select(User.id, User.name).where(User.id.in_(ids)))
             names = {uid: name for uid, name in rows.all()}
     return render(request, "_call_links.html", {"bookings": bookings, "names": names})
-
-
-def _is_recording(app: web.Application, booking_id: int) -> bool:
-    service = _recordings(app)
-    return bool(service is not None and service.is_recording(booking_id))
 
 
 async def get_room(request: web.Request) -> web.Response:
@@ -356,22 +349,6 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
             await network.close()
 
 
-async def _connect_recordings(app: web.Application) -> None:
-    # Runs after every cleanup_ctx has started, so both the rooms and the recorder exist.
-    service = _recordings(app)
-    if service is None:
-        return
-    rooms = app.get(ROOMS)
-    service.room_lookup = lambda booking_id: (
-        rooms.get(room_key(booking_id)) if rooms is not None else None
-    )
-
-    async def tell_the_call(booking_id: int, message: dict[str, Any]) -> None:
-        await app[CALL_HUB].broadcast(booking_id, message)
-
-    service.add_listener(tell_the_call)
-
-
 async def _close_sockets(app: web.Application) -> None:
     # On shutdown the browsers are told to come back (1001), which they do with a new
     # peer connection once this or another server answers.
@@ -391,5 +368,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/sessions/{session_id}/room/end", end_room, name="room_end")
     app.router.add_get("/api/sessions/{session_id}/room/stats", room_stats, name="room_stats")
     app.cleanup_ctx.append(_calls_ctx)
-    app.on_startup.append(_connect_recordings)
     app.on_shutdown.append(_close_sockets)

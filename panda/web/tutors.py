@@ -164,7 +164,8 @@ OPENAPI: dict[str, Any] = {
 
 
 async def _search(request: web.Request) -> tuple[Any, list[Any], int]:
-    q = parse_query(request.query)
+    viewer = current_user(request)
+    q = parse_query(request.query, tz=viewer.timezone if viewer else "UTC")
     async with request.app[keys.sessionmaker]() as db:
         if q.errors:
             return q, [], 0
@@ -763,9 +764,7 @@ async def availability_api(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Register the routes of this area."""
     app[keys.templates].filters["money"] = money
-    app.setdefault(NAV_EXTRA_KEY, []).append(
-        {"href": "/tutors", "label": "Tutors", "role": ""}
-    )
+    app.setdefault(NAV_EXTRA_KEY, []).append({"href": "/tutors", "label": "Tutors", "role": ""})
     app.router.add_get("/tutors", search_page, name="tutors")
     app.router.add_get("/tutors/{tutor_id}", profile_page, name="tutor_profile")
     app.router.add_get("/tutor/profile", edit_profile_page)

@@ -30,7 +30,6 @@ class CallPage {
       this.iceServers = [];
     }
     this.state = root.dataset.callState;
-    this.recording = undefined;
     this.tracks = { audio: null, video: null, screen: null };
     this.muted = false;
     this.cameraOff = false;
@@ -93,7 +92,6 @@ class CallPage {
     on("leave", () => this.leave());
     on("end", () => this.endForAll());
     on("retry", () => this.retry());
-    on("record", () => this.toggleRecording());
     for (const select of this.root.querySelectorAll("select[data-device]")) {
       select.addEventListener("change", () => this.switchDevice(select.dataset.device, select.value));
     }
@@ -326,7 +324,8 @@ class CallPage {
       case "redirect":
         return this.onRedirect(msg);
       case "recording":
-        this.showRecording(msg.state === "started", msg);
+        // The record control (static/recordings/call_record.js) listens for these.
+        document.dispatchEvent(new CustomEvent("panda:recording", { detail: msg }));
         return;
       case "error":
         return this.onError(msg);
@@ -337,7 +336,12 @@ class CallPage {
 
   onJoined(msg) {
     this.participantId = msg.participant_id;
-    this.showRecording(Boolean(msg.recording));
+    const indicator = document.querySelector("[data-recording-indicator]");
+    if (indicator && indicator.hidden === Boolean(msg.recording)) {
+      // The recording started or stopped while we were away (reconnect).
+      const state = msg.recording ? "started" : "stopped";
+      document.dispatchEvent(new CustomEvent("panda:recording", { detail: { type: "recording", state } }));
+    }
     this.participants = new Map((msg.participants || []).map((p) => [p.participant_id, p]));
     if (Array.isArray(msg.ice_servers)) this.iceServers = msg.ice_servers;
     if (this.peer) this.peer.close();
@@ -587,32 +591,6 @@ class CallPage {
     if (this.peer) await this.peer.setSource("screen", null);
     this.setPressed("screen", false, "Share screen");
     this.sendMediaState();
-  }
-
-  showRecording(on, msg = {}) {
-    const was = this.recording;
-    this.recording = on;
-    this.q("[data-recording-badge]").hidden = !on;
-    this.setPressed("record", on, on ? "Stop recording" : "Record");
-    if (was !== undefined && was !== on) {
-      this.toast(on ? `${msg.by || "The tutor"} started recording` : msg.message || "Recording stopped");
-    }
-  }
-
-  async toggleRecording() {
-    const token = document.querySelector('meta[name="csrf-token"]').content;
-    const resp = await fetch(`/api/sessions/${this.sessionId}/recording`, {
-      method: "POST",
-      headers: { "X-CSRF-Token": token, "Content-Type": "application/json" },
-      credentials: "same-origin",
-      body: JSON.stringify({ action: this.recording ? "stop" : "start" }),
-    });
-    const body = await resp.json().catch(() => ({}));
-    if (!resp.ok) {
-      this.toast(body.error || "Recording could not be changed.");
-      return;
-    }
-    this.showRecording(Boolean(body.recording));
   }
 
   updateSelfFlags() {

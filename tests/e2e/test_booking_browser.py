@@ -77,9 +77,13 @@ async def test_search_request_accept_dashboards(browser: Browser, live_server: L
     upcoming = tutor.locator("section", has=tutor.get_by_role("heading", name="Upcoming sessions"))
     await expect(upcoming.locator(f"a[href='{booking_path}']")).to_be_visible()
 
+    # The student's open tab hears about the acceptance without reloading (live push).
+    await expect(student.locator("#nav-notifications-badge .nav-badge")).to_be_visible(
+        timeout=20000
+    )
     await student.goto(live_server.url + "/dashboard")
     upcoming = student.locator(
-        "article", has=student.get_by_role("heading", name="Upcoming sessions")
+        "section", has=student.get_by_role("heading", name="Upcoming sessions")
     )
     await expect(upcoming.locator(f"a[href='{booking_path}']")).to_be_visible()
     await expect(upcoming.get_by_role("button", name=re.compile("^Join")).first).to_be_visible()

@@ -17,6 +17,7 @@ import pytest
 from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 from panda.media import aiortc_patches
 from panda.media.ice import MediaConfig, create_peer_connection
@@ -92,7 +93,8 @@ async def test_private_attributes_exist_on_live_objects() -> None:
         transceiver = pc.addTransceiver("video", direction="recvonly")
         receiver, sender = transceiver.receiver, transceiver.sender
         for name in ("started", "codecs", "rtx_ssrc", "decoder_queue", "decoder_thread",
-                     "remote_streams", "rtcp_ssrc", "rtcp_task", "transport"):
+                     "remote_streams", "rtcp_ssrc", "rtcp_task", "transport", "kind",
+                     "jitter_buffer"):
             assert hasattr(receiver, f"_RTCRtpReceiver__{name}"), name
         for name in ("_run_rtcp", "_send_rtcp", "_send_rtcp_pli", "_handle_rtp_packet"):
             assert callable(getattr(receiver, name)), name
@@ -167,6 +169,59 @@ async def test_tap_receives_encoded_frames_without_decoding(
     finally:
         await send_pc.close()
         await recv_pc.close()
+
+
+async def test_taps_replace_aiortc_jitter_buffers() -> None:
+    pc = create_peer_connection(LOOPBACK)
+    try:
+        audio = pc.addTransceiver("audio").receiver
+        video = pc.addTransceiver("video").receiver
+        source = inspect.getsource(RTCRtpReceiver.__init__)
+        assert "self.__jitter_buffer = JitterBuffer(capacity=16, prefetch=4)" in source
+        assert "self.__jitter_buffer = JitterBuffer(capacity=512, is_video=True)" in source
+        assert "pli_flag, encoded_frame = self.__jitter_buffer.add(packet)" in inspect.getsource(
+            RTCRtpReceiver._handle_rtp_packet)
+        aiortc_patches.tap_receiver(audio)
+        aiortc_patches.tap_receiver(video)
+        assert isinstance(audio._RTCRtpReceiver__jitter_buffer, aiortc_patches.AudioPassThrough)
+        buffer = video._RTCRtpReceiver__jitter_buffer
+        assert isinstance(buffer, aiortc_patches.EarlyVideoJitterBuffer)
+        assert buffer.capacity == 512 and buffer._is_video
+    finally:
+        await pc.close()
+
+
+def _rtp(seq: int, timestamp: int, data: bytes, marker: int = 0) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, marker=marker, sequence_number=seq,
+                       timestamp=timestamp, ssrc=1234, payload=data)
+    packet._data = data  # type: ignore[attr-defined]
+    return packet
+
+
+def test_audio_pass_through_forwards_on_arrival() -> None:
+    buffer = aiortc_patches.AudioPassThrough()
+    out = [buffer.add(_rtp(seq, seq * 960, bytes([seq % 256])))[1] for seq in (65534, 65535, 0)]
+    assert [f.data for f in out if f] == [b"\xfe", b"\xff", b"\x00"]  # across the wrap
+    assert buffer.add(_rtp(3, 2880, b"c"))[1] is not None  # a gap: forwarded at once
+    assert buffer.add(_rtp(2, 1920, b"late"))[1] is None  # older than the last: dropped
+    assert buffer.add(_rtp(3, 2880, b"c"))[1] is None  # duplicate: dropped
+
+
+def test_early_video_buffer_emits_a_frame_at_its_marker() -> None:
+    buffer = aiortc_patches.EarlyVideoJitterBuffer(capacity=512)
+    assert buffer.add(_rtp(10, 3000, b"a"))[1] is None
+    assert buffer.add(_rtp(11, 3000, b"b"))[1] is None
+    frame = buffer.add(_rtp(12, 3000, b"c", marker=1))[1]
+    assert frame is not None and frame.data == b"abc" and frame.timestamp == 3000
+    # out of order: the frame leaves when its missing middle packet arrives
+    assert buffer.add(_rtp(13, 6000, b"d"))[1] is None
+    assert buffer.add(_rtp(15, 6000, b"f", marker=1))[1] is None
+    frame = buffer.add(_rtp(14, 6000, b"e"))[1]
+    assert frame is not None and frame.data == b"def"
+    # without marker bits it still works the aiortc way (next frame completes it)
+    assert buffer.add(_rtp(16, 9000, b"g"))[1] is None
+    frame = buffer.add(_rtp(17, 12000, b"h"))[1]
+    assert frame is not None and frame.data == b"g"
 
 
 async def test_tap_must_be_installed_before_start() -> None:

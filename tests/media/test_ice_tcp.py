@@ -528,3 +528,54 @@ async def test_internals_check_notices_a_change(monkeypatch: pytest.MonkeyPatch)
     assert "send_data" not in inspect.getsource(aioice.Connection.sendto)
     with pytest.raises(RuntimeError, match="sendto"):
         patches.check_internals()
+
+
+@pytest.mark.parametrize("session", [ice_tcp.IceTcpLimits(rto_max_ms=1500)], indirect=True)
+async def test_accepted_streams_cap_the_retransmission_timeout(session: Session) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_TCP, ice_tcp.TCP_RTO_MAX_MS, 1000)
+        except OSError:
+            pytest.skip("kernel without TCP_RTO_MAX_MS (Linux < 6.15)")
+    _reader, writer, _ = await handshake(session)
+    (stream,) = session.listener._streams
+    assert stream.transport is not None
+    sock = stream.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, ice_tcp.TCP_RTO_MAX_MS) == 1500
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    writer.close()
+
+
+@pytest.mark.parametrize("session", [SHORT], indirect=True)
+async def test_random_bytes_never_break_the_listener(session: Session) -> None:
+    """Fuzz: random streams (fixed seed) are all closed without an unhandled error."""
+    import random
+
+    rng = random.Random(6544)
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    blobs = []
+    for i in range(60):
+        size = rng.randint(1, 3000)
+        blob = bytes(rng.getrandbits(8) for _ in range(size))
+        if i % 3 == 0:  # STUN-looking frames: a plausible length and a 0x00/0x01 first byte
+            body = bytes([rng.choice([0, 1])]) + blob[: rng.randint(19, 200)]
+            blob = frame(body) + blob[:50]
+        blobs.append(blob)
+    streams = [await open_stream(session.listener) for _ in blobs]
+    for (_, writer), blob in zip(streams, blobs, strict=True):
+        writer.write(blob)
+    for reader, _ in streams:
+        assert await closed_by_server(reader)
+    await until(lambda: session.listener.connections == 0)
+    stats = session.listener.stats
+    assert stats.authenticated == 0
+    # Several of the closing paths were taken, not only one.
+    assert len({"garbage", "oversized", "timeout"} & set(stats.reasons)) >= 2, stats.reasons
+    _, writer, response = await handshake(session)
+    assert response.message_class == stun.Class.RESPONSE
+    assert errors == []
+    for _, w in streams:
+        w.close()
+    writer.close()

@@ -87,6 +87,7 @@ async def test_message_via_a_reaches_user_on_b_within_a_second(
         assert event["message"]["text"] == f"hello {n}"
         assert event["unread"] == n + 1
     assert max(latencies) < 1.0, latencies
+    print(f"A->B delivery (POST on A to event on B): {[round(x * 1000) for x in latencies]} ms")
     # Presence and unread counts agree on both processes.
     for server in (a, b):
         mine = await student.get(f"{server.url}/api/conversations")
@@ -177,8 +178,14 @@ async def test_thousand_messages_from_ten_users_arrive_once_in_order(
         status, conv = await s.post(f"{a.url}/api/conversations", {"user_id": tutor.user.id})
         assert status == 201
         convs[s.user.id] = conv["id"]
-    # Everyone listens, alternating processes.
+    # Everyone listens, alternating processes, with their conversations open (watched).
     socks = {p.user.id: await p.live(servers[i % 2]) for i, p in enumerate(persons)}
+    for conv_id in convs.values():
+        await socks[tutor.user.id].watch(conv_id, 0)
+        await socks[tutor.user.id].next("watching")
+    for s in students:
+        await socks[s.user.id].watch(convs[s.user.id], 0)
+        await socks[s.user.id].next("watching")
     per_user = 100
     plan: dict[int, list[int]] = {s.user.id: [convs[s.user.id]] * per_user for s in students}
     conv_ids = list(convs.values())

@@ -218,3 +218,25 @@ async def test_bus_lease_has_one_holder() -> None:
     await store.delete("lease:scheduler")  # the holder died and its key expired
     assert await second.acquire("scheduler", 30) is True
     assert await first.acquire("scheduler", 30) is False
+
+
+async def test_notifications_are_pushed_to_open_tabs(
+    client: TestClient, make_user: UserFactory
+) -> None:
+    from panda.bus import BUS
+
+    tutor = await make_user("tutor")
+    await make_tutor_ready(client.app, tutor)
+    sub = await client.app[BUS].subscribe(f"user:{tutor.id}")
+    try:
+        student = await make_user("student")
+        start = (await slots_of(client.app, tutor))[0][0]
+        async with client.app[keys.sessionmaker]() as db:
+            await bk.create_request(
+                db, student=student, tutor_id=tutor.id, start=start, subject="Algebra", rules=RULES
+            )
+        await tick(client.app)
+        event = await asyncio.wait_for(sub.get(), timeout=10)
+        assert event["type"] == "notification" and "New session request" in event["title"]
+    finally:
+        await sub.close()

@@ -256,3 +256,29 @@ async def test_audit_log_page_lists_actions(client, make_user) -> None:  # type:
     assert "Rejected tutor" in html
     overview = await (await client.get("/admin")).text()
     assert "Rejected tutor" in overview
+
+
+async def test_audit_log_shows_other_areas_entries_and_merges_detail(client, make_user) -> None:  # type: ignore[no-untyped-def]
+    from panda.store import audit
+
+    admin = await as_admin(client, make_user)
+    async with client.app[keys.sessionmaker]() as db:
+        actor = await db.get(User, admin.id)
+        # The call shape other areas use.
+        await audit.record(
+            db,
+            actor=actor,
+            action="recording.delete",
+            target_type="recording",
+            target_id="7",
+            detail={"why": "<i>asked</i>"},
+        )
+        await db.commit()
+        entry = (await db.execute(select(AuditEntry))).scalar_one()
+        assert entry.detail == {"why": "<i>asked</i>"} and entry.target_id == "7"
+    html = await (await client.get("/admin/audit")).text()
+    assert "Recording: delete" in html and "recording #7" in html
+    assert "&lt;i&gt;asked&lt;/i&gt;" in html
+    html = await (await client.get("/admin/audit", params={"action": "recording.delete"})).text()
+    assert 'value="recording.delete" selected' in html
+    assert (await client.get("/admin/audit", params={"action": "x" * 500})).status == 200

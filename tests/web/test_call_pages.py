@@ -328,3 +328,17 @@ async def test_dashboard_lists_open_calls(client: TestClient, make_user) -> None
     await login(client, outsider.email)
     frag = await (await client.get("/sessions/open-calls")).text()
     assert "Join call" not in frag
+
+
+async def test_record_button_only_for_tutor_and_admin(client: TestClient, make_user) -> None:
+    student, tutor = await _people(make_user)
+    booking = await make_booking(client, student, tutor)
+    await login(client, student.email)
+    html = await (await client.get(f"/sessions/{booking.id}/call")).text()
+    assert 'data-action="record"' not in html
+    assert 'data-slot="record"' in html
+    client.session.cookie_jar.clear()
+    await login(client, tutor.email)
+    html = await (await client.get(f"/sessions/{booking.id}/call")).text()
+    assert 'data-action="record"' in html
+    assert "/static/recordings/call_record.js" in html

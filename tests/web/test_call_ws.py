@@ -424,3 +424,19 @@ async def test_admin_joins_as_visible_third(people: dict[str, Any]) -> None:
     assert ack["role"] == "admin"
     joined = await student.recv_type("participant-joined")
     assert joined["role"] == "admin"
+
+
+async def test_recording_events_reach_everyone_in_the_call(
+    client: TestClient, people: dict[str, Any]
+) -> None:
+    from panda.media.recording_service import RECORDINGS
+
+    service = client.app[RECORDINGS]
+    student = await people["connect"](people["student"])
+    ack = await student.join()
+    assert ack["recording"] is False
+    # The calls area gave the recorder its way to the room and to the people in it.
+    assert service.room_lookup(people["booking"].id) is people["rooms"].get(people["key"])
+    await service._notify(people["booking"].id, {"type": "recording", "state": "started"})
+    msg = await student.recv_type("recording")
+    assert msg["state"] == "started"

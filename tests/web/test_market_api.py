@@ -41,6 +41,9 @@ async def test_search_and_profile_api(client: TestClient, make_user: UserFactory
     assert [t["name"] for t in (await resp.json())["items"]] == ["Pedro Physics"]
     resp = await client.get("/api/tutors?sort=price_desc")
     assert [t["name"] for t in (await resp.json())["items"]] == ["Pedro Physics", "Ana Algebra"]
+    for bad in ("min_price=nan", "max_price=inf", "min_rating=nan", "per_page=100",
+                "free_from=2026-01-01T00:00:00&free_to=2026-01-02T00:00:00Z"):
+        assert (await client.get(f"/api/tutors?{bad}")).status == 422, bad
     resp = await client.get("/api/tutors?min_price=abc&sort=nope&page=0")
     assert resp.status == 422
     body = await resp.json()
@@ -69,6 +72,8 @@ async def test_slots_api(client: TestClient, make_user: UserFactory) -> None:
     assert all(s["start"][11:16] in ("09:00", "10:00", "11:00") for s in slots)
     bad = await client.get(f"/api/tutors/{t.id}/slots?from=yesterday")
     assert bad.status == 422
+    huge = await client.get(f"/api/tutors/{t.id}/slots?from=9999-12-31T00:00:00Z")
+    assert huge.status == 422
     far = await client.get(
         f"/api/tutors/{t.id}/slots?from=2030-01-01T00:00:00Z&to=2030-03-01T00:00:00Z"
     )
@@ -153,6 +158,11 @@ async def test_booking_bad_input(client: TestClient, make_user: UserFactory) -> 
         ),
         ({"tutor_id": tutor.id, "start": iso(slot[0]), "subject": "Cooking"}, 422),
         ({"tutor_id": 424242, "start": iso(slot[0]), "subject": "Algebra"}, 404),
+        ({"tutor_id": tutor.id, "start": "9999-12-31T23:30:00Z", "subject": "Algebra"}, 422),
+        ({"tutor_id": tutor.id, "start": "0001-01-01T00:00:00+14:00", "subject": "Algebra"}, 422),
+        ({"tutor_id": tutor.id, "start": None, "subject": "Algebra"}, 422),
+        ({"tutor_id": tutor.id, "start": iso(slot[0]), "subject": ["Algebra"]}, 422),
+        ({"tutor_id": True, "start": iso(slot[0]), "subject": "Algebra"}, 422),
     ]
     for body, expected in cases:
         status, data = await _post(client, "/api/bookings", body)

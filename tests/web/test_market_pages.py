@@ -262,3 +262,30 @@ async def test_pages_need_login(client: TestClient) -> None:
         assert resp.status == 303 and resp.headers["Location"].startswith("/login")
     assert (await client.get("/api/notifications")).status == 401
     assert (await client.get("/api/calendar")).status == 401
+
+
+async def test_search_page_time_window_in_the_viewers_zone(
+    client: TestClient, make_user: UserFactory
+) -> None:
+    from datetime import timedelta
+
+    from panda.store.types import utcnow
+
+    tutor = await make_user("tutor", name="Evening Tutor")
+    await make_tutor_ready(client.app, tutor, hours=[(d, 18 * 60, 22 * 60) for d in range(7)])
+    student = await make_user("student", timezone="Asia/Tokyo")
+    await login(client, student.email)
+    # 03:00-06:00 in Tokyo is 18:00-21:00 UTC the day before: the tutor is open then.
+    day = (utcnow() + timedelta(days=3)).date().isoformat()
+    html = await (
+        await client.get(f"/tutors?free_day={day}&free_start=03:00&free_end=06:00")
+    ).text()
+    assert "Evening Tutor" in html
+    html = await (
+        await client.get(f"/tutors?free_day={day}&free_start=09:00&free_end=12:00")
+    ).text()
+    assert "Evening Tutor" not in html
+    resp = await client.get(f"/tutors?free_day={day}&free_start=12:00&free_end=09:00")
+    assert resp.status == 422 and "start time before the end" in await resp.text()
+    resp = await client.get("/tutors?free_day=someday")
+    assert resp.status == 422
