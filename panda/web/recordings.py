@@ -4,6 +4,7 @@ downloads, deletion, settings, and starting/stopping a call's recording."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from panda.media.recording_service import COMBINED_NAME, RECORDINGS, recordings_
 from panda.store import recordings as store
 from panda.store.models import RECORDING_STATUSES, AuditEntry, Recording, RecordingFile, User
 from panda.web.auth import flash, require_role, require_user
+from panda.web.call_ws import CALL_HUB, ROOMS, room_key
 from panda.web.forms import read_form, read_json
 from panda.web.render import NAV_EXTRA_KEY, render
 
@@ -419,6 +421,16 @@ async def delete_submit(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/admin/recordings")
 
 
+def call_recording_context(app: web.Application, tutor_id: int, booking_id: int,
+                           user: User) -> dict[str, Any]:
+    """What the call page's record slot needs (include recordings/_call_record_control.html)."""
+    service = app.get(RECORDINGS)
+    return {
+        "recording_active": bool(service and service.is_recording(booking_id)),
+        "can_record": bool(user.is_admin or user.id == tutor_id),
+    }
+
+
 # ----- API ------------------------------------------------------------------------------------
 
 
@@ -467,9 +479,30 @@ async def api_session_recording(request: web.Request) -> web.StreamResponse:
     return web.json_response({"recording": False, "recording_id": recording_id})
 
 
+async def _connect_calls(app: web.Application) -> AsyncIterator[None]:
+    """Let the service find a session's media room and tell the people in the call."""
+    service = app[RECORDINGS]
+
+    def room_lookup(booking_id: int) -> Any:
+        rooms = app.get(ROOMS)
+        return rooms.get(room_key(booking_id)) if rooms is not None else None
+
+    async def tell_call(booking_id: int, message: dict[str, Any]) -> None:
+        hub = app.get(CALL_HUB)
+        if hub is not None:
+            await hub.broadcast(booking_id, message)
+
+    service.room_lookup = room_lookup
+    service.add_listener(tell_call)
+    yield
+
+
 def setup(app: web.Application) -> None:
     """Register the routes, the service and the navigation entry of this area."""
     app.cleanup_ctx.append(recordings_ctx)
+    app.cleanup_ctx.append(_connect_calls)
+    app[keys.templates].globals["recording_call_state"] = (
+        lambda booking, user: call_recording_context(app, booking.tutor_id, booking.id, user))
     rid = r"{recording_id:\d{1,12}}"
     app.router.add_get("/admin/recordings", admin_list, name="admin_recordings")
     app.router.add_post("/admin/recordings/settings", admin_settings)

@@ -28,7 +28,7 @@ API_JS = """async (path) => {
   const r = await fetch(path, {credentials: "same-origin"});
   return {status: r.status, body: await r.json()};
 }"""
-INDICATOR_JS = "() => !document.querySelector('[data-recording-badge]').hidden"
+INDICATOR_JS = "() => !document.querySelector('[data-recording-indicator]').hidden"
 MIDDLE_FRAME_JS = """async () => {
   const v = document.querySelector('[data-testid="combined-player"]');
   if (v.readyState < 1) await new Promise((ok) => { v.onloadedmetadata = ok; });
@@ -88,7 +88,7 @@ async def test_tutor_records_a_call_and_plays_it_back(pair: dict[str, Any]) -> N
         await asyncio.sleep(0.5)
 
     await tutor.locator('[data-action="record"]').click()
-    hidden = "() => document.querySelector('[data-recording-badge]').hidden"
+    hidden = "() => document.querySelector('[data-recording-indicator]').hidden"
     await asyncio.gather(wait_js(tutor, hidden), wait_js(student, hidden))
 
     done = await _until_api(
