@@ -53,7 +53,7 @@ MANIFEST_NAME = "manifest.json"
 JUMP_THRESHOLD = 1.0
 # How long (seconds of arrival time) a group waits for all its tracks' first usable frames
 # before it writes its file header with the tracks it has.
-HEADER_GRACE = 1.5
+HEADER_GRACE = 3.0
 # At the start of a participant's first file, audio may begin this much before the picture.
 AUDIO_LEAD = 0.02
 # Most packets kept in memory for a group whose header is not written yet.
@@ -275,7 +275,8 @@ class SessionRecorder:
         # Unbounded for control messages; frames are dropped past queue_size (see _enqueue).
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._queue_size = queue_size
-        self._lock = threading.Lock()
+        # Re-entrant: stop_blocking holds it while writing the manifest, which takes it too.
+        self._lock = threading.RLock()
         self._next_track_id = 0
         self._tracks: dict[int, _Track] = {}
         self._sinks: dict[int, RecorderSink] = {}
@@ -299,7 +300,8 @@ class SessionRecorder:
 
     def describe_participant(self, participant_id: str, *, name: str = "", role: str = "") -> None:
         """Remember a participant's display name and role (used by the combined file)."""
-        self._participants[participant_id] = {"name": name, "role": role}
+        with self._lock:
+            self._participants[participant_id] = {"name": name, "role": role}
 
     def sink_factory(
         self, participant_id: str, kind: str, source: str, codec_mime: str
@@ -322,7 +324,8 @@ class SessionRecorder:
             self._next_track_id += 1
         group = "screen" if source == "screen" else "main"
         track = _Track(track_id, participant_id, kind, source, codec, group)
-        self._participants.setdefault(participant_id, {"name": "", "role": ""})
+        with self._lock:
+            self._participants.setdefault(participant_id, {"name": "", "role": ""})
         self._enqueue(("track", track), control=True)
         sink = RecorderSink(self, track_id, kind)
         self._sinks[track_id] = sink
@@ -647,13 +650,17 @@ class SessionRecorder:
     # ----- manifest ---------------------------------------------------------------------------
 
     def _write_manifest(self) -> None:
+        # The event loop adds participants while the writer thread saves: copy under the lock.
+        with self._lock:
+            participants = {pid: dict(info) for pid, info in self._participants.items()}
+            files = [f.to_json() for f in self._files]
         data = {
             "version": 1,
             "started_at": self.started_at,
             "state": self.state,
             "error": self.error,
-            "participants": self._participants,
-            "files": [f.to_json() for f in self._files],
+            "participants": participants,
+            "files": files,
         }
         _write_json_atomic(self.directory / MANIFEST_NAME, data)
 

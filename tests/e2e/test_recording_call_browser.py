@@ -97,7 +97,7 @@ async def test_tutor_records_a_call_and_plays_it_back(pair: dict[str, Any]) -> N
         "the combined file")
     body = done["body"]
     assert body["status"] == "ready" and body["combined"]["status"] == "ready", body
-    assert len(body["files"]) == 2 and body["duration_seconds"] > 1.5
+    assert len(body["files"]) == 2 and body["duration_seconds"] > 1.5, body
     assert {f["source"] for f in body["files"]} == {"main"}
 
     # The student cannot see it (the default setting), the tutor plays it.

@@ -194,7 +194,7 @@ def test_stop_remuxes_into_seekable_file(tmp_path: Path) -> None:
 
 
 def test_late_video_starts_new_segment_without_losing_audio(tmp_path: Path) -> None:
-    audio = encode_opus(440.0, 5.0)
+    audio = encode_opus(440.0, 6.5)
     video = encode_vp8(RED, 2.0)
     recorder = SessionRecorder(tmp_path, start=START)
     audio_sink = recorder.sink_factory("tutor", "audio", "microphone", "audio/opus")
@@ -203,12 +203,12 @@ def test_late_video_starts_new_segment_without_losing_audio(tmp_path: Path) -> N
     video_iter = iter(video)
     next_video = next(video_iter, None)
     for frame in audio:
-        if frame.time >= 3.0 and video_sink is None:
+        if frame.time >= 4.0 and video_sink is None:
             video_sink = recorder.sink_factory("tutor", "video", "camera", "video/VP8")
         while video_sink is not None and next_video is not None and (
-                3.0 + next_video.time <= frame.time):
+                4.0 + next_video.time <= frame.time):
             video_sink.on_frame(make_packet(next_video, VIDEO_TIME_BASE, 0),
-                                keyframe=next_video.keyframe, arrival=START + 3.0 + next_video.time)
+                                keyframe=next_video.keyframe, arrival=START + 4.0 + next_video.time)
             next_video = next(video_iter, None)
         audio_sink.on_frame(make_packet(frame, AUDIO_TIME_BASE, 99), keyframe=True,
                             arrival=START + frame.time)
@@ -218,7 +218,7 @@ def test_late_video_starts_new_segment_without_losing_audio(tmp_path: Path) -> N
     first, second = result.files
     assert [t["kind"] for t in first.tracks] == ["audio"]
     assert [t["kind"] for t in second.tracks] == ["video", "audio"]
-    assert abs(second.start_offset - 3.0) < 0.05
+    assert abs(second.start_offset - 4.0) < 0.05
     recorded_audio = _packets(tmp_path / first.name, "audio") + _packets(
         tmp_path / second.name, "audio")
     assert [bytes(p) for p in recorded_audio] == [f.data for f in audio]

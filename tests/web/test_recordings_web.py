@@ -346,23 +346,6 @@ async def test_recover_marks_crashed_recordings_interrupted(world: World) -> Non
     shutil.rmtree(directory, ignore_errors=True)
 
 
-async def test_call_record_control_renders_for_tutor_and_others(world: World) -> None:
-    from panda.web.recordings import call_recording_context
-
-    app = world.app
-    template = app[keys.templates].get_template("recordings/_call_record_control.html")
-    tutor_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.tutor)
-    assert tutor_ctx == {"recording_active": False, "can_record": True}
-    html = template.render(tutor_ctx)
-    assert 'data-action="record"' in html and 'aria-pressed="false"' in html
-    assert "data-recording-indicator" in html and " hidden" in html
-    student_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.student)
-    assert student_ctx["can_record"] is False
-    assert 'data-action="record"' not in template.render(student_ctx)
-    script = await world.client.get("/static/recordings/call_record.js")
-    assert script.status == 200
-
-
 async def test_combined_files_left_unfinished_are_built_at_start(world: World) -> None:
     service = world.app[RECORDINGS]
     recording = await world.recording(combined=False, status="processing")
@@ -478,3 +461,20 @@ async def test_recording_that_cannot_start_is_a_clear_503(world: World) -> None:
     finally:
         service.recordings_dir.unlink()
         service.recordings_dir = blocked
+
+
+async def test_call_record_control_renders_for_tutor_and_others(world: World) -> None:
+    from panda.web.recordings import call_recording_context
+
+    app = world.app
+    template = app[keys.templates].get_template("recordings/_call_record_control.html")
+    tutor_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.tutor)
+    assert tutor_ctx == {"recording_active": False, "can_record": True}
+    html = template.render(tutor_ctx)
+    assert 'data-action="record"' in html and 'aria-pressed="false"' in html
+    assert "data-recording-indicator" in html and " hidden" in html
+    student_ctx = call_recording_context(app, world.tutor.id, world.booking.id, world.student)
+    assert student_ctx["can_record"] is False
+    assert 'data-action="record"' not in template.render(student_ctx)
+    script = await world.client.get("/static/recordings/call_record.js")
+    assert script.status == 200
