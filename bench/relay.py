@@ -1,0 +1,349 @@
+"""Relay benchmark: panda's relay against aiortc's MediaRelay (and Janus when installed).
+
+For each server and each N, a fresh server process and a load generator process
+(``bench/relay_load.py``: N concurrent 1:1 calls of aiortc clients, pre-encoded VP8 + Opus,
+nothing decoded) run pinned to separate cores. Server CPU comes from /proc/<pid>/stat
+over the measured window. Prints one JSON object:
+``{"machine": ..., "panda": R, "baselines": {"mediarelay": R, "janus": R or null}}``.
+Run: python bench/relay.py [--quick] [--calls 4,8,16] [--seconds 20]
+The panda server here is ``python bench/relay.py serve``: panda.media.RoomRegistry behind a
+minimal aiohttp WebSocket signalling endpoint (no web app, no database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GENERATOR_BUSY_LIMIT = 0.85
+JANUS_NOTE = ("janus not installed: apt-get install janus, then run it in a network namespace "
+              "with a dummy/veth test address as in DESIGN.md section 5 describe "
+              "(it never gathers loopback candidates); not measured")
+
+
+# ---------------------------------------------------------------------- pure logic
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def cpu_seconds_from_stat(text: str, clk_tck: int) -> float:
+    """utime + stime (all threads) in seconds from the text of /proc/<pid>/stat."""
+    # the command name may hold spaces and parentheses: split after the last ')'
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / clk_tck
+
+
+def rss_mb_from_status(text: str) -> float:
+    """VmRSS in MB from the text of /proc/<pid>/status."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError("no VmRSS line")
+
+
+def read_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        return cpu_seconds_from_stat(fh.read(), os.sysconf("SC_CLK_TCK"))
+
+
+def read_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return rss_mb_from_status(fh.read())
+
+
+def make_point(calls: int, window_s: float, server_cpu_s: float, rss_idle_mb: float,
+               rss_load_mb: float, load: dict[str, Any]) -> dict[str, Any]:
+    """One measurement at fixed N from the server's and the generator's figures."""
+    call_seconds = calls * window_s
+    per_call_second = server_cpu_s / call_seconds if call_seconds > 0 else None
+    generator_busy = load["generator_cpu_s"] / window_s if window_s > 0 else None
+    latencies = load.get("latencies_ms") or []
+    first = load.get("first_frame_ms") or []
+    point: dict[str, Any] = {
+        "calls": calls,
+        "window_s": round(window_s, 3),
+        "server_cpu_s": round(server_cpu_s, 4),
+        "server_core_busy": round(server_cpu_s / window_s, 4) if window_s > 0 else None,
+        "cpu_s_per_call_s": per_call_second,
+        "calls_per_core": (1 / per_call_second) if per_call_second else None,
+        "generator_core_busy": generator_busy,
+        "dropped": bool(generator_busy is not None and generator_busy > GENERATOR_BUSY_LIMIT),
+        "delivery_ratio": load.get("video_delivery"),
+        "audio_delivery_ratio": load.get("audio_delivery"),
+        "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                       "p99": percentile(latencies, 99)},
+        "latency_samples": len(latencies),
+        "unmatched_frames": load.get("unmatched_frames", 0),
+        "mem_mb_per_call": (rss_load_mb - rss_idle_mb) / calls if calls else None,
+        "rss_idle_mb": round(rss_idle_mb, 1),
+        "rss_load_mb": round(rss_load_mb, 1),
+        "first_frame_ms": first,
+        "video_kbps": load.get("video_kbps"),
+        "errors": load.get("errors", []),
+    }
+    return point
+
+
+def summarise(points: list[dict[str, Any]], note: str | None = None) -> dict[str, Any]:
+    """R for one server: aggregates over the points whose generator was not saturated.
+
+    calls_per_core: median of the kept points; delivery: the worst kept point; latency:
+    the kept point whose server core was nearest 50% busy; memory: median; first frame:
+    pooled over every point.
+    """
+    kept = [p for p in points if not p["dropped"]]
+    cpc = [p["calls_per_core"] for p in kept if p["calls_per_core"] is not None]
+    deliveries = [p["delivery_ratio"] for p in kept if p["delivery_ratio"] is not None]
+    mems = [p["mem_mb_per_call"] for p in kept if p["mem_mb_per_call"] is not None]
+    with_latency = [p for p in kept if p["latency_ms"]["p50"] is not None]
+    latency = {"p50": None, "p95": None, "p99": None}
+    if with_latency:
+        best = min(with_latency, key=lambda p: abs((p["server_core_busy"] or 0) - 0.5))
+        latency = dict(best["latency_ms"])
+    first = [ms for p in points for ms in p["first_frame_ms"]]
+    result: dict[str, Any] = {
+        "calls_per_core": statistics.median(cpc) if cpc else None,
+        "delivery_ratio": min(deliveries) if deliveries else None,
+        "latency_ms": latency,
+        "mem_mb_per_call": statistics.median(mems) if mems else None,
+        "first_frame_ms": {"p50": percentile(first, 50), "p95": percentile(first, 95)},
+        "points": [{k: v for k, v in p.items() if k != "first_frame_ms"} for p in points],
+    }
+    if note:
+        result["note"] = note
+    return result
+
+
+def add_ratio(panda: dict[str, Any], baseline: dict[str, Any] | None) -> None:
+    """Record panda's calls per core as a multiple of ``baseline``'s, in the baseline's R."""
+    if baseline is None:
+        return
+    ours, theirs = panda.get("calls_per_core"), baseline.get("calls_per_core")
+    baseline["panda_calls_per_core_ratio"] = ours / theirs if ours and theirs else None
+
+
+def machine() -> dict[str, Any]:
+    """What the figures ran on, including how busy the box was when they started."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh
+                          if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    import aiortc
+
+    return {"cpu": model, "cores": os.cpu_count(), "loadavg": list(os.getloadavg()),
+            "python": platform.python_version(), "aiortc": aiortc.__version__,
+            "kernel": platform.release()}
+
+
+# ---------------------------------------------------------------------- panda bench server
+
+async def _serve_panda() -> None:
+    from aiohttp import WSMsgType, web
+
+    from panda.media.errors import SignalError
+    from panda.media.ice import MediaConfig
+    from panda.media.room import RoomRegistry
+
+    # Clients offer first: the fallback server offer is pushed out of the way (no glare).
+    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=3600)
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        room = registry.get_or_create(request.query.get("room", ""))
+        pid = request.query.get("pid", "")
+
+        async def send(msg: dict[str, Any]) -> None:
+            if not ws.closed:
+                await ws.send_json(msg)
+
+        participant = await room.join(pid, name=pid, role="student", send=send)
+        try:
+            async for raw in ws:
+                if raw.type != WSMsgType.TEXT:
+                    break
+                try:
+                    await participant.handle_signal(json.loads(raw.data))
+                except SignalError as exc:
+                    await ws.send_json({"type": "error", "error": str(exc)})
+        finally:
+            await participant.leave()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"READY {port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await registry.close()
+
+
+def serve_panda() -> None:
+    """Run the panda bench server until killed (uvloop, as ``python -m panda serve`` does)."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    asyncio.run(_serve_panda())
+
+
+# ---------------------------------------------------------------------- orchestration
+
+SERVERS = {
+    "panda": [str(Path(__file__).resolve()), "serve"],
+    "mediarelay": [str(ROOT / "bench" / "mediarelay_server.py")],
+}
+
+
+def _pin(cpu: int | None) -> Any:
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def _readline(stream: IO[str], deadline: float, proc: subprocess.Popen[str]) -> str:
+    # blocking readline is fine: the child always prints or exits (then EOF)
+    line = stream.readline()
+    if not line:
+        raise RuntimeError(f"process {proc.args!r} ended early (code {proc.poll()})")
+    if time.monotonic() > deadline:
+        raise RuntimeError("benchmark step timed out")
+    return line.strip()
+
+
+def run_point(server: str, calls: int, seconds: float, profile: str) -> dict[str, Any]:
+    """Start a fresh server and a generator, measure one window of N calls, stop both."""
+    cores = sorted(os.sched_getaffinity(0))
+    server_cpu, gen_cpu = (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PANDA_ICE_LOOPBACK="1")
+    srv = subprocess.Popen([sys.executable, *SERVERS[server]], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, text=True, preexec_fn=_pin(server_cpu))
+    gen: subprocess.Popen[str] | None = None
+    try:
+        deadline = time.monotonic() + 60
+        assert srv.stdout is not None
+        ready = _readline(srv.stdout, deadline, srv)
+        if not ready.startswith("READY "):
+            raise RuntimeError(f"server said {ready!r}")
+        port = int(ready.split()[1])
+        time.sleep(0.5)
+        rss_idle = read_rss_mb(srv.pid)
+        gen = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "relay_load.py"),
+             "--url", f"ws://127.0.0.1:{port}/ws", "--calls", str(calls),
+             "--seconds", str(seconds), "--profile", profile],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(gen_cpu))
+        assert gen.stdout is not None
+        deadline = time.monotonic() + 90 + 4 * calls + seconds
+        while _readline(gen.stdout, deadline, gen) != "START":
+            pass
+        cpu_0, t_0 = read_cpu_seconds(srv.pid), time.monotonic()
+        while _readline(gen.stdout, deadline, gen) != "END":
+            pass
+        cpu_1, t_1 = read_cpu_seconds(srv.pid), time.monotonic()
+        rss_load = read_rss_mb(srv.pid)
+        load = json.loads(_readline(gen.stdout, deadline, gen))
+        gen.wait(timeout=60)
+        return make_point(calls, t_1 - t_0, cpu_1 - cpu_0, rss_idle, rss_load, load)
+    finally:
+        for proc in (gen, srv):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def run_server(server: str, calls: Sequence[int], seconds: float, profile: str
+               ) -> dict[str, Any]:
+    points = []
+    for n in calls:
+        try:
+            points.append(run_point(server, n, seconds, profile))
+        except Exception as exc:  # one failed point must not lose the others
+            print(f"{server} N={n} failed: {exc}", file=sys.stderr)
+    return summarise(points, None if points else "every point failed (see stderr)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["serve"]:
+        serve_panda()
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 call, small frames, 3 s")
+    parser.add_argument("--calls", default="4,8,16", help="comma-separated N for panda")
+    parser.add_argument("--baseline-calls", default="1,2",
+                        help="N for the MediaRelay baseline (it decodes and re-encodes)")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--profile", choices=["quick", "full"], default=None)
+    args = parser.parse_args(args_list)
+    if args.quick:
+        calls, base_calls, seconds, profile = [1], [1], 3.0, args.profile or "quick"
+    else:
+        calls = [int(x) for x in args.calls.split(",")]
+        base_calls = [int(x) for x in args.baseline_calls.split(",")]
+        seconds, profile = args.seconds, args.profile or "full"
+    info = machine()
+    info["profile"] = profile
+    info["pinned"] = len(os.sched_getaffinity(0)) >= 2
+    # make the cached media before any timing starts
+    subprocess.run([sys.executable, str(ROOT / "bench" / "relay_load.py"), "--url", "-",
+                    "--prepare", "--profile", profile], cwd=ROOT, check=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = {
+        "machine": info,
+        "panda": run_server("panda", calls, seconds, profile),
+        "baselines": {
+            "mediarelay": run_server("mediarelay", base_calls, seconds, profile),
+            "janus": None,
+        },
+    }
+    add_ratio(result["panda"], result["baselines"]["mediarelay"])
+    # the output keeps exactly the three top-level keys: notes live with the machine
+    info["notes"] = {
+        "janus": JANUS_NOTE if shutil.which("janus") is None else
+        "janus is installed but this benchmark does not drive it yet: not measured",
+        "mediarelay": "latency_ms is null: MediaRelay re-encodes, so payloads cannot be "
+                      "matched to their send times",
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
