@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 GENERATOR_BUSY_LIMIT = 0.85
 JANUS_NOTE = ("janus not installed: apt-get install janus, then run it in a network namespace "
-              "with a dummy/veth test address as in DESIGN.md section 5 describe "
+              "with a dummy/veth test address as DESIGN.md section 5 describes "
               "(it never gathers loopback candidates); not measured")
 
 
