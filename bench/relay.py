@@ -81,6 +81,7 @@ def make_point(calls: int, window_s: float, server_cpu_s: float, rss_idle_mb: fl
     generator_busy = load["generator_cpu_s"] / window_s if window_s > 0 else None
     latencies = load.get("latencies_ms") or []
     first = load.get("first_frame_ms") or []
+    keyframes = load.get("keyframe_latencies_ms") or []
     point: dict[str, Any] = {
         "calls": calls,
         "window_s": round(window_s, 3),
@@ -95,6 +96,11 @@ def make_point(calls: int, window_s: float, server_cpu_s: float, rss_idle_mb: fl
         "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "p99": percentile(latencies, 99)},
         "latency_samples": len(latencies),
+        # where the tail comes from: keyframes (bursts of packets) or every frame
+        "keyframe_latency_ms": {"p50": percentile(keyframes, 50),
+                                "max": max(keyframes) if keyframes else None},
+        "frames_over_50ms": sum(1 for x in latencies if x > 50),
+        "keyframes_over_50ms": sum(1 for x in keyframes if x > 50),
         "unmatched_frames": load.get("unmatched_frames", 0),
         "mem_mb_per_call": (rss_load_mb - rss_idle_mb) / calls if calls else None,
         "rss_idle_mb": round(rss_idle_mb, 1),

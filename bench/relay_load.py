@@ -277,6 +277,7 @@ class Load:
     def __init__(self) -> None:
         self.logs: dict[str, SendLog] = {}
         self.latencies: list[float] = []
+        self.keyframe_latencies: list[float] = []  # also in latencies: tells tails apart
         self.unmatched = 0
         self.measuring = False
         self.participants: list[Participant] = []
@@ -290,6 +291,8 @@ class Load:
             self.unmatched += 1
         else:
             self.latencies.append(latency)
+            if data and not data[0] & 1:  # VP8 keyframe: bit 0 of the first byte is 0
+                self.keyframe_latencies.append(latency)
 
     def totals(self) -> tuple[int, int, int, int]:
         """(video sent, video received, audio sent, audio received) over all participants."""
@@ -377,6 +380,7 @@ async def run(url: str, calls: int, seconds: float, profile: str, drain: float =
                 "audio_delivery": delivery(as_0, as_1, ar_0, ar_1),
                 "video_frames_sent": vs_1 - vs_0,
                 "latencies_ms": [round(x * 1000, 3) for x in load.latencies],
+                "keyframe_latencies_ms": [round(x * 1000, 3) for x in load.keyframe_latencies],
                 "unmatched_frames": load.unmatched,
                 "first_frame_ms": first,
                 "video_kbps": media_bitrate(video) / 1000,

@@ -79,14 +79,17 @@ def test_send_log_matches_payloads_to_their_latest_send() -> None:
 def test_load_counts_latency_only_while_measuring() -> None:
     load = relay_load.Load()
     load.logs["0:a"] = log = relay_load.SendLog()
-    log.record(b"x", 1.0)
-    load.on_video("0:a", b"x", 1.010)
+    log.record(b"y", 1.0)
+    load.on_video("0:a", b"y", 1.010)
     assert load.latencies == [] and load.unmatched == 0
     load.measuring = True
-    load.on_video("0:a", b"x", 1.010)
+    load.on_video("0:a", b"y", 1.010)
+    log.record(b"\x00key", 1.0)
+    load.on_video("0:a", b"\x00key", 1.020)
     load.on_video("0:a", b"other", 1.010)
-    load.on_video("9:b", b"x", 1.010)  # unknown publisher
-    assert load.latencies == [pytest.approx(0.010)]
+    load.on_video("9:b", b"y", 1.010)  # unknown publisher
+    assert load.latencies == [pytest.approx(0.010), pytest.approx(0.020)]
+    assert load.keyframe_latencies == [pytest.approx(0.020)]  # b"y" (0x79): bit 0 set, delta frame
     assert load.unmatched == 2
 
 
@@ -131,6 +134,11 @@ def test_make_point_accounts_cpu_per_call_second() -> None:
     assert point["generator_core_busy"] == pytest.approx(0.2)
     assert point["mem_mb_per_call"] == pytest.approx(4.0)
     assert point["latency_ms"]["p50"] == pytest.approx(2.5)
+    assert point["frames_over_50ms"] == 0 and point["keyframe_latency_ms"]["max"] is None
+    slow = relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result(
+        latencies_ms=[1.0, 60.0, 80.0], keyframe_latencies_ms=[80.0]))
+    assert slow["frames_over_50ms"] == 2 and slow["keyframes_over_50ms"] == 1
+    assert slow["keyframe_latency_ms"] == {"p50": 80.0, "max": 80.0}
     assert not point["dropped"]
 
 
