@@ -63,6 +63,22 @@ def rss_mb_from_status(text: str) -> float:
     raise ValueError("no VmRSS line")
 
 
+def udp_rcvbuf_errors(snmp: str) -> int:
+    """Host-wide UDP datagrams dropped for a full receive buffer, from /proc/net/snmp."""
+    rows = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2:
+        raise ValueError("no Udp rows")
+    return int(dict(zip(rows[0], rows[1], strict=True))["RcvbufErrors"])
+
+
+def read_udp_rcvbuf_errors() -> int | None:
+    try:
+        with open("/proc/net/snmp") as fh:
+            return udp_rcvbuf_errors(fh.read())
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def read_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         return cpu_seconds_from_stat(fh.read(), os.sysconf("SC_CLK_TCK"))
@@ -277,13 +293,19 @@ def run_point(server: str, calls: int, seconds: float, profile: str) -> dict[str
         while _readline(gen.stdout, deadline, gen) != "START":
             pass
         cpu_0, t_0 = read_cpu_seconds(srv.pid), time.monotonic()
+        drops_0 = read_udp_rcvbuf_errors()
         while _readline(gen.stdout, deadline, gen) != "END":
             pass
         cpu_1, t_1 = read_cpu_seconds(srv.pid), time.monotonic()
+        drops_1 = read_udp_rcvbuf_errors()
         rss_load = read_rss_mb(srv.pid)
         load = json.loads(_readline(gen.stdout, deadline, gen))
         gen.wait(timeout=60)
-        return make_point(calls, t_1 - t_0, cpu_1 - cpu_0, rss_idle, rss_load, load)
+        point = make_point(calls, t_1 - t_0, cpu_1 - cpu_0, rss_idle, rss_load, load)
+        # host-wide: other processes' UDP drops count too
+        point["udp_rcvbuf_errors"] = (drops_1 - drops_0
+                                      if drops_0 is not None and drops_1 is not None else None)
+        return point
     finally:
         for proc in (gen, srv):
             if proc is not None and proc.poll() is None:
@@ -322,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
         calls, base_calls, seconds, profile = [1], [1], 3.0, args.profile or "quick"
     else:
-        calls = [int(x) for x in args.calls.split(",")]
-        base_calls = [int(x) for x in args.baseline_calls.split(",")]
+        calls = [int(x) for x in args.calls.split(",") if x]
+        base_calls = [int(x) for x in args.baseline_calls.split(",") if x]
         seconds, profile = args.seconds, args.profile or "full"
     info = machine()
     info["profile"] = profile

@@ -64,6 +64,15 @@ def test_rss_from_status() -> None:
     assert relay.read_rss_mb(os.getpid()) > 1
 
 
+def test_udp_rcvbuf_errors_from_snmp() -> None:
+    snmp = ("Ip: Forwarding\nIp: 1\n"
+            "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n"
+            "Udp: 100 0 7 90 5 0\nUdpLite: InDatagrams\nUdpLite: 0\n")
+    assert relay.udp_rcvbuf_errors(snmp) == 5
+    with pytest.raises(ValueError):
+        relay.udp_rcvbuf_errors("Ip: 1\n")
+
+
 def test_send_log_matches_payloads_to_their_latest_send() -> None:
     log = relay_load.SendLog()
     log.record(b"frame-1", 10.0)
