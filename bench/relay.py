@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GENERATOR_BUSY_LIMIT = 0.85
+CONTENDED = 0.15  # share of a pinned core used by other processes that spoils a point
 JANUS_NOTE = ("janus not installed: apt-get install janus, then run it in a network namespace "
               "with a dummy/veth test address as DESIGN.md section 5 describes "
               "(it never gathers loopback candidates); not measured")
@@ -69,6 +70,33 @@ def udp_rcvbuf_errors(snmp: str) -> int:
     if len(rows) < 2:
         raise ValueError("no Udp rows")
     return int(dict(zip(rows[0], rows[1], strict=True))["RcvbufErrors"])
+
+
+def core_times(proc_stat: str) -> dict[int, tuple[int, int]]:
+    """Per core (busy, total) jiffies from the text of /proc/stat."""
+    out: dict[int, tuple[int, int]] = {}
+    for line in proc_stat.splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(v) for v in values[:8]]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            out[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    return out
+
+
+def core_busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+              core: int) -> float | None:
+    """Fraction of ``core`` busy (by anyone) between two :func:`core_times` samples."""
+    if core not in before or core not in after:
+        return None
+    busy = after[core][0] - before[core][0]
+    total = after[core][1] - before[core][1]
+    return busy / total if total > 0 else None
+
+
+def read_core_times() -> dict[int, tuple[int, int]]:
+    with open("/proc/stat") as fh:
+        return core_times(fh.read())
 
 
 def read_udp_rcvbuf_errors() -> int | None:
@@ -131,11 +159,16 @@ def make_point(calls: int, window_s: float, server_cpu_s: float, rss_idle_mb: fl
 def summarise(points: list[dict[str, Any]], note: str | None = None) -> dict[str, Any]:
     """R for one server: aggregates over the points whose generator was not saturated.
 
-    calls_per_core: median of the kept points; delivery: the worst kept point; latency:
-    the kept point whose server core was nearest 50% busy; memory: median; first frame:
-    pooled over every point.
+    Points where other processes took more than 15% of a pinned core are left out too,
+    unless every point was. calls_per_core: median of the kept points; delivery: the worst
+    kept point; latency: the kept point whose server core was nearest 50% busy; memory:
+    median; first frame: pooled over every point.
     """
-    kept = [p for p in points if not p["dropped"]]
+    usable = [p for p in points if not p["dropped"]]
+    kept = [p for p in usable if not p.get("contended")]
+    if usable and not kept:
+        kept = usable
+        note = (note + "; " if note else "") + "every point ran on a contended machine"
     cpc = [p["calls_per_core"] for p in kept if p["calls_per_core"] is not None]
     deliveries = [p["delivery_ratio"] for p in kept if p["delivery_ratio"] is not None]
     mems = [p["mem_mb_per_call"] for p in kept if p["mem_mb_per_call"] is not None]
@@ -293,11 +326,11 @@ def run_point(server: str, calls: int, seconds: float, profile: str) -> dict[str
         while _readline(gen.stdout, deadline, gen) != "START":
             pass
         cpu_0, t_0 = read_cpu_seconds(srv.pid), time.monotonic()
-        drops_0 = read_udp_rcvbuf_errors()
+        drops_0, cores_0 = read_udp_rcvbuf_errors(), read_core_times()
         while _readline(gen.stdout, deadline, gen) != "END":
             pass
         cpu_1, t_1 = read_cpu_seconds(srv.pid), time.monotonic()
-        drops_1 = read_udp_rcvbuf_errors()
+        drops_1, cores_1 = read_udp_rcvbuf_errors(), read_core_times()
         rss_load = read_rss_mb(srv.pid)
         load = json.loads(_readline(gen.stdout, deadline, gen))
         gen.wait(timeout=60)
@@ -305,6 +338,18 @@ def run_point(server: str, calls: int, seconds: float, profile: str) -> dict[str
         # host-wide: other processes' UDP drops count too
         point["udp_rcvbuf_errors"] = (drops_1 - drops_0
                                       if drops_0 is not None and drops_1 is not None else None)
+        if server_cpu is not None and gen_cpu is not None:
+            # other processes on the shared box: how much of each pinned core was not ours
+            busy = core_busy(cores_0, cores_1, server_cpu)
+            point["server_core_others"] = (None if busy is None else
+                                           round(max(0.0, busy - point["server_core_busy"]), 3))
+            gen_busy = core_busy(cores_0, cores_1, gen_cpu)
+            point["generator_core_others"] = (
+                None if gen_busy is None or point["generator_core_busy"] is None
+                else round(max(0.0, gen_busy - point["generator_core_busy"]), 3))
+            others = [x for x in (point["server_core_others"], point["generator_core_others"])
+                      if x is not None]
+            point["contended"] = any(x > CONTENDED for x in others)
         return point
     finally:
         for proc in (gen, srv):

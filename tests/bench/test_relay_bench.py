@@ -73,6 +73,20 @@ def test_udp_rcvbuf_errors_from_snmp() -> None:
         relay.udp_rcvbuf_errors("Ip: 1\n")
 
 
+def test_core_busy_from_proc_stat() -> None:
+    before = relay.core_times("cpu  9 9 9 9 9 9 9 9 0 0\n"
+                              "cpu0 100 0 100 700 100 0 0 0 0 0\n"
+                              "cpu1 0 0 0 1000 0 0 0 0 0 0\nintr 5\n")
+    after = relay.core_times("cpu  9 9 9 9 9 9 9 9 0 0\n"
+                             "cpu0 200 0 200 800 100 0 0 0 0 0\n"
+                             "cpu1 0 0 0 1100 0 0 0 0 0 0\n")
+    assert before[0] == (200, 1000)  # iowait counts as idle
+    assert relay.core_busy(before, after, 0) == pytest.approx(200 / 300)
+    assert relay.core_busy(before, after, 1) == 0.0
+    assert relay.core_busy(before, after, 5) is None
+    assert set(relay.read_core_times()) >= {0}
+
+
 def test_send_log_matches_payloads_to_their_latest_send() -> None:
     log = relay_load.SendLog()
     log.record(b"frame-1", 10.0)
@@ -158,6 +172,16 @@ def test_point_dropped_when_generator_core_saturated() -> None:
     summary = relay.summarise([point, kept])
     assert summary["calls_per_core"] == pytest.approx(16.0)  # only the kept point
     assert summary["delivery_ratio"] == pytest.approx(0.99)
+
+
+def test_contended_points_left_out_unless_all_are() -> None:
+    calm = relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result())
+    busy = relay.make_point(8, 10.0, 8.0, 80.0, 96.0, _load_result())
+    busy["contended"] = True
+    assert relay.summarise([calm, busy])["calls_per_core"] == pytest.approx(20.0)
+    only_busy = relay.summarise([busy])
+    assert only_busy["calls_per_core"] == pytest.approx(10.0)
+    assert "contended" in only_busy["note"]
 
 
 def test_summary_latency_from_point_nearest_half_busy() -> None:
