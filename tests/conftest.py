@@ -199,3 +199,20 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 def live_server(live_server_factory: Callable[..., LiveServer]) -> LiveServer:
     """One real server with SQLite on a private data directory."""
     return live_server_factory()
+
+
+# Tests that drive real browsers, several server processes or real network timing can lose a
+# race on a loaded machine. They get one retry (reported as "rerun" in the summary), so a
+# genuine failure still fails twice and shows; make any test listed here robust rather than
+# adding to the list.
+_TIMING_SENSITIVE = ("/e2e/", "/multiproc/", "/media/test_ice_tcp_call", "/media/test_chromium_")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give browser, multi-process and network-timing tests one retry."""
+    for item in items:
+        path = str(item.fspath)
+        if any(part in path for part in _TIMING_SENSITIVE) or item.name.startswith(
+            "test_periodic_work_runs_in_one_process"
+        ):
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))

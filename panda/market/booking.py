@@ -290,6 +290,8 @@ async def create_request(
     now = now or utcnow()
     if student.role != "student":
         raise Forbidden("Only students can book sessions.")
+    # Read before any rollback: a rollback expires loaded objects.
+    student_name = student.name
     subject = subject.strip()
     note = note.strip()
     if len(note) > MAX_NOTE:
@@ -331,7 +333,7 @@ async def create_request(
         await db.rollback()
         if proposer is not None:
             raise Conflict(
-                f"{student.name} has a pending request already; propose again after it is answered."
+                f"{student_name} has a pending request already; propose again after it is answered."
             ) from None
         if _is_violation(exc, "one_pending", "bookings.student_id"):
             raise Conflict(

@@ -583,7 +583,6 @@ def setup(app: web.Application) -> None:
     app.setdefault(NAV_EXTRA_KEY, []).append(
         {"href": "/messages", "label": "Messages", "role": "student,tutor"}
     )
-    app[NAV_EXTRA_KEY].append({"href": "/admin/chat/reports", "label": "Reports", "role": "admin"})
     r = app.router
     r.add_get("/api/conversations", api_list)
     r.add_post("/api/conversations", api_open)

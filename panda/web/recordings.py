@@ -520,4 +520,4 @@ def setup(app: web.Application) -> None:
     if nav is None:
         nav = []
         app[NAV_EXTRA_KEY] = nav
-    nav.append({"href": "/recordings", "label": "Recordings", "role": "tutor,admin"})
+    nav.append({"href": "/recordings", "label": "Recordings", "role": "tutor"})

@@ -191,7 +191,10 @@ async def test_call_media_mute_camera_and_screen(pair: dict[str, Any]) -> None:
     assert snap["pair"] == {"local": "127.0.0.1", "remote": "127.0.0.1", "protocol": "udp"}
     assert [v["source"] for v in snap["remoteVideos"]] == ["camera"]
     await tutor.locator("details.connection-details summary").click()
-    await until(tutor, lambda s: True, "details")
+    # The details panel fills in from the next stats poll: wait for it, then check.
+    await wait_js(
+        tutor, "document.querySelector('[data-detail=\"transport\"]')?.textContent.trim() !== '–'"
+    )
     assert await tutor.locator('[data-detail="transport"]').inner_text() == "UDP"
 
     # Mute: the tutor's received audio energy stays flat while packets keep coming.

@@ -289,3 +289,50 @@ async def test_search_page_time_window_in_the_viewers_zone(
     assert resp.status == 422 and "start time before the end" in await resp.text()
     resp = await client.get("/tutors?free_day=someday")
     assert resp.status == 422
+
+
+async def test_propose_page_and_question_form(client: TestClient, make_user: UserFactory) -> None:
+    tutor = await make_user("tutor", name="Tina Tutor")
+    student = await make_user("student", name="Sam Student")
+    await make_tutor_ready(client.app, tutor)
+    await login(client, tutor.email)
+    html = await (await client.get("/tutor/propose")).text()
+    assert "once a student has booked" in html
+    await _logout(client)
+    await login(client, student.email)
+    slots = await slots_of(client.app, tutor)
+    token = await get_csrf(client, "/tutors")
+    resp = await client.post(
+        "/api/bookings",
+        json={"tutor_id": tutor.id, "start": iso(slots[0][0]), "subject": "Algebra"},
+        headers={"X-CSRF-Token": token},
+    )
+    bid = (await resp.json())["id"]
+    resp = await post_form(
+        client, "/questions", {"subject_id": "x", "title": "Hi"}, page="/questions"
+    )
+    assert resp.status == 422 and "5 to 200 characters" in await resp.text()
+    await _logout(client)
+    await login(client, tutor.email)
+    await post_form(client, f"/bookings/{bid}/accept", {}, page=f"/bookings/{bid}")
+    html = await (await client.get("/tutor/propose")).text()
+    assert "Sam Student" in html
+    start = re.search(r'<option value="([^"]+Z)"', html)
+    assert start
+    resp = await post_form(
+        client,
+        "/tutor/propose",
+        {"student_id": str(student.id), "start": start.group(1), "subject": "Physics"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303 and resp.headers["Location"].startswith("/bookings/")
+    html = await (await client.get("/tutor/propose")).text()
+    other = re.search(r'<option value="([^"]+Z)"', html)
+    assert other and other.group(1) != start.group(1)  # the proposed slot is taken now
+    resp = await post_form(
+        client,
+        "/tutor/propose",
+        {"student_id": str(student.id), "start": other.group(1), "subject": "Physics"},
+        page="/tutor/propose",
+    )
+    assert "pending request already" in await resp.text()
