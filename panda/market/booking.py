@@ -565,7 +565,7 @@ async def cancel(
     if not late:
         await _release_quota(db, booking)
     booking.payment_state = await PAYMENTS.on_cancelled(booking, charge=late)
-    other = booking.tutor_id if actor.id == booking.student_id else booking.student_id
+    other = booking.other_party(actor.id)
     body = f"{actor.name} cancelled {booking.subject} on {iso_utc(booking.start_at)} (UTC)."
     if reason:
         body += f" Reason: {reason}"
@@ -652,7 +652,7 @@ async def propose_new_time(
     booking.proposed_start_at = start
     booking.proposed_end_at = end
     booking.proposed_by_id = actor.id
-    other = booking.tutor_id if actor.id == booking.student_id else booking.student_id
+    other = booking.other_party(actor.id)
     await notes.notify(
         db,
         other,
@@ -716,7 +716,7 @@ async def answer_new_time(
             .values(used=StudentQuota.used - 1)
         )
         booking.quota_month = new_month
-    other = booking.tutor_id if actor.id == booking.student_id else booking.student_id
+    other = booking.other_party(actor.id)
     await notes.notify(
         db,
         other,

@@ -25,7 +25,7 @@ def booking_uid(booking: Booking, base_url: str) -> str:
 
 
 def _event(booking: Booking, users: dict[int, User], viewer: User, base_url: str) -> Event:
-    other_id = booking.tutor_id if viewer.id == booking.student_id else booking.student_id
+    other_id = booking.other_party(viewer.id)
     other = users.get(other_id)
     event = Event()
     event.add("uid", booking_uid(booking, base_url))

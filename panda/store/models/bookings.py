@@ -77,6 +77,10 @@ class Booking(Base):
     no_show_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def other_party(self, user_id: int) -> int:
+        """The id of the other person in this booking, seen from `user_id`."""
+        return self.tutor_id if user_id == self.student_id else self.student_id
     # Who asked: "student" (a request) or "tutor" (a proposal the student accepts).
     requested_by: Mapped[str] = mapped_column(
         String(8), default="student", server_default="student"
