@@ -18,6 +18,14 @@ if [ "$(id -u)" -ne 0 ]; then
   [ -t 0 ] || SUDO=(sudo -n)
 fi
 echo "Installing Debian packages: $*"
+# The tests start private servers of their own; packaged services (nginx on port 80, say) stay off.
+# policy-rc.d is the Debian hook for that; it is removed again only when this script put it there.
+POLICY=/usr/sbin/policy-rc.d
+if [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$POLICY" >/dev/null
+  "${SUDO[@]}" chmod 755 "$POLICY"
+  trap '"${SUDO[@]}" rm -f "$POLICY"' EXIT
+fi
 "${SUDO[@]}" apt-get update -qq
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y -qq --no-install-recommends "$@" >/dev/null
