@@ -30,6 +30,7 @@ from . import aiortc_patches
 from .errors import SignalError
 from .fanout import Fanout, ForwardingTrack, FrameSink
 from .ice import MediaConfig, create_peer_connection
+from .packet_relay import PacketRelay
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,9 @@ class Participant:
         self._send = send
         self._on_state = on_state
         self.pc = create_peer_connection(room.config)
+        self._relay = room.registry.packet_relay
+        if self._relay is not None:
+            self._relay.attach(self)
         self._taps: dict[RTCRtpTransceiver, aiortc_patches.ReceiverTap] = {}
         aiortc_patches.on_transceiver_created(self.pc, self._on_transceiver_created)
         self.pc.on("connectionstatechange", self._on_connection_state_change)
@@ -338,6 +342,8 @@ class Participant:
             sub.track.stop()
         self._subscriptions.clear()
         self._retired.clear()
+        if self._relay is not None:
+            self._relay.forget(self)
         return ended
 
     def _on_transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
@@ -538,6 +544,8 @@ class Participant:
             self, transceiver.mid, transceiver.kind, source, codec, transceiver, tap, fanout
         )
         tap.on_frame = pub.on_frame
+        if self._relay is not None:
+            self._relay.publish(pub)
         self._publications[pub.mid] = pub
         self.room._attach_sinks(pub)
         return pub
@@ -769,6 +777,8 @@ class Participant:
                 on_keyframe_request=track.request_keyframe,
                 on_remb=track.set_remb,
             )
+            if self._relay is not None:
+                self._relay.bind(track, transceiver, self)
             self._sub_transceivers.add(transceiver)
             self._sending.add(transceiver)
             self._subscriptions[pub] = Subscription(pub, transceiver, track)
@@ -966,10 +976,8 @@ class RoomRegistry:
         self.config = config
         self.media_timeout = media_timeout
         self.initial_offer_delay = initial_offer_delay
-        if config.relay_path != "frame":
-            # The packet-level path is not built yet; frames are forwarded meanwhile.
-            logger.warning("relay path %r not available: using the frame path",
-                           config.relay_path)
+        # The packet path forwards RTP packets; the frame path reassembled frames.
+        self.packet_relay = PacketRelay() if config.relay_path == "packet" else None
         self._rooms: dict[str, Room] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -1,0 +1,251 @@
+"""Every reach into aiortc, aioice and pylibsrtp internals made by the packet-level relay.
+
+The packet path takes RTP packets off a publisher's DTLS transport right after SRTP
+unprotect (before aiortc parses them) and writes rewritten packets straight into a
+subscriber's SRTP context and ICE socket, without aiortc's senders. Each function
+names the private attributes it relies on; :func:`check_internals` verifies them and
+``tests/media/test_aiortc_packet_patches.py`` fails loudly when a release moves them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
+from aiortc.codecs import depayload, is_rtx
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import StreamStatistics, TimestampMapper
+from aiortc.rtp import RTCP_RTPFB_NACK, AnyRtcpPacket, RtcpRtpfbPacket, RtpPacket
+
+_RX = "_RTCRtpReceiver__"
+_TX = "_RTCRtpSender__"
+_DTLS = "_RTCDtlsTransport__"
+
+# Returns True when it consumed the (unprotected) RTP packet.
+RtpInterceptor = Callable[[bytes], bool]
+
+__all__ = [
+    "RtpInterceptor",
+    "SrtpOutput",
+    "StreamStatistics",
+    "TimestampMapper",
+    "add_sender_counters",
+    "check_internals",
+    "depayload",
+    "hook_sender_nack",
+    "intercept_rtp",
+    "parse_rtp",
+    "receiver_codecs",
+    "receiver_for_packet",
+    "receiver_stream_stats",
+    "send_nack",
+    "sender_enabled",
+    "sender_ssrc",
+]
+
+
+# --------------------------------------------------------------------------- ingress
+
+
+def intercept_rtp(dtls: RTCDtlsTransport, interceptor: RtpInterceptor) -> None:
+    """Offer every unprotected RTP packet on ``dtls`` to ``interceptor`` before aiortc
+    parses it; packets it declines go on through aiortc (parse, route, receiver).
+
+    An exception from ``interceptor`` drops the packet instead of ending the transport.
+    """
+    handle = dtls._handle_rtp_data
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            if interceptor(data):
+                return
+        except (ValueError, IndexError, KeyError, struct.error):
+            return
+        await handle(data, arrival_time_ms=arrival_time_ms)
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+
+
+def receiver_for_packet(dtls: RTCDtlsTransport, ssrc: int, payload_type: int) -> Any:
+    """The receiver aiortc's router would give a packet (SSRC first, else a unique PT)."""
+    router: RtpRouter = dtls._rtp_router
+    receiver = router.ssrc_table.get(ssrc)
+    if receiver is not None:
+        return receiver
+    candidates = router.payload_type_table.get(payload_type) or ()
+    if len(candidates) == 1:
+        receiver = next(iter(candidates))
+        router.ssrc_table[ssrc] = receiver
+        return receiver
+    return None
+
+
+def receiver_codecs(receiver: RTCRtpReceiver) -> dict[int, RTCRtpCodecParameters]:
+    """Payload type -> codec the receiver was started with (RTX entries included)."""
+    return dict(getattr(receiver, _RX + "codecs"))
+
+
+def receiver_stream_stats(receiver: RTCRtpReceiver, ssrc: int, clock_rate: int) -> StreamStatistics:
+    """The receiver's RTCP statistics for ``ssrc`` (created if new): the relay updates
+    them itself and the receiver's own loop turns them into receiver reports."""
+    streams: dict[int, StreamStatistics] = getattr(receiver, _RX + "remote_streams")
+    stats = streams.get(ssrc)
+    if stats is None:
+        stats = streams[ssrc] = StreamStatistics(clock_rate)
+    return stats
+
+
+async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> None:
+    """Ask the remote sender to retransmit ``lost`` sequence numbers of ``media_ssrc``."""
+    rtcp_ssrc = getattr(receiver, _RX + "rtcp_ssrc")
+    if rtcp_ssrc is None or not getattr(receiver, _RX + "started"):
+        return
+    packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=media_ssrc)
+    packet.lost = lost
+    await receiver._send_rtcp(packet)
+
+
+def parse_rtp(data: bytes) -> RtpPacket:
+    """aiortc's packet object for ``data`` (header extensions left unparsed)."""
+    return RtpPacket.parse(data)
+
+
+# --------------------------------------------------------------------------- egress
+
+
+class SrtpOutput:
+    """Protects RTP packets with a DTLS transport's SRTP context and sends them at once,
+    synchronously, on its nominated ICE pair (UDP or our ICE-TCP streams)."""
+
+    __slots__ = ("_dtls", "_nominated", "_pair", "_send")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._nominated: dict[int, Any] = dtls.transport.iceGatherer._connection._nominated
+        self._pair: Any = None
+        self._send: Callable[[bytes], None] | None = None
+
+    def _resolve(self) -> Callable[[bytes], None] | None:
+        pair = self._nominated.get(1)
+        if pair is None:
+            return None
+        protocol = pair.protocol
+        addr = pair.remote_addr
+        write = getattr(protocol, "_write", None)  # panda's stream (ICE-TCP) protocol
+        if write is not None:
+            def send(data: bytes) -> None:
+                write(data, addr)
+        else:
+            sendto = protocol.transport.sendto
+
+            def send(data: bytes) -> None:
+                sendto(data, addr)
+        self._pair = pair
+        self._send = send
+        return send
+
+    def send(self, packet: bytes) -> int:
+        """Protect and send one RTP packet; returns the bytes sent (0: not connected)."""
+        dtls = self._dtls
+        srtp = dtls._tx_srtp
+        if srtp is None or dtls._state is not State.CONNECTED:
+            return 0
+        send = self._send
+        if send is None or self._nominated.get(1) is not self._pair:
+            send = self._resolve()
+            if send is None:
+                return 0
+        data = srtp.protect(packet)
+        send(data)
+        size = len(data)
+        dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
+        return size
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    """The SSRC ``sender`` announced for its media."""
+    return sender._ssrc
+
+
+def sender_enabled(sender: RTCRtpSender) -> bool:
+    """False while the negotiated direction does not include sending."""
+    return bool(sender._enabled)
+
+
+def transceiver_payload_type(transceiver: RTCRtpTransceiver) -> int | None:
+    """Payload type of the (first, non-RTX) negotiated codec of ``transceiver``."""
+    for codec in transceiver._codecs:
+        if not is_rtx(codec):
+            return codec.payloadType
+    return None
+
+
+def add_sender_counters(
+    sender: RTCRtpSender, packets: int, octets: int, rtp_timestamp: int
+) -> None:
+    """Account packets the relay sent in the sender's name, for its sender reports.
+
+    The NTP time of ``rtp_timestamp`` is taken as now (the relay adds no delay worth
+    reporting), which keeps the receiver's audio/video synchronisation working.
+    """
+    setattr(sender, _TX + "packet_count", getattr(sender, _TX + "packet_count") + packets)
+    setattr(sender, _TX + "octet_count", getattr(sender, _TX + "octet_count") + octets)
+    setattr(sender, _TX + "rtp_timestamp", rtp_timestamp)
+    setattr(sender, _TX + "ntp_timestamp", clock.current_ntp_time())
+
+
+def hook_sender_nack(sender: RTCRtpSender, on_nack: Callable[[list[int]], None]) -> None:
+    """Hand NACKs for ``sender``'s SSRC to ``on_nack`` instead of its own (empty) history."""
+    handle = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            on_nack(list(packet.lost))
+            return
+        await handle(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------- self-check
+
+
+def check_internals() -> None:
+    """Raise AssertionError if an aiortc/aioice/pylibsrtp internal used here has moved."""
+    from aioice import Connection
+    from aiortc import RTCCertificate, RTCIceGatherer, RTCIceTransport
+
+    certificate = RTCCertificate.generateCertificate()
+    dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [certificate])
+    for name in ("_handle_rtp_data", "_rtp_router", "_tx_srtp", "_state", _DTLS + "tx_bytes"):
+        assert hasattr(dtls, name), f"RTCDtlsTransport.{name} is gone"
+    params = list(inspect.signature(dtls._handle_rtp_data).parameters)
+    assert params == ["data", "arrival_time_ms"], f"_handle_rtp_data({params})"
+    router = dtls._rtp_router
+    assert isinstance(router.ssrc_table, dict) and isinstance(router.payload_type_table, dict)
+    connection = dtls.transport.iceGatherer._connection
+    assert isinstance(connection, Connection) and isinstance(connection._nominated, dict)
+    from aioice.ice import CandidatePair
+
+    pair = CandidatePair(object(), object())  # type: ignore[arg-type]
+    assert hasattr(pair, "protocol"), "CandidatePair.protocol is gone"
+    assert isinstance(getattr(CandidatePair, "remote_addr", None), property), (
+        "CandidatePair.remote_addr is gone")
+    receiver = RTCRtpReceiver("video", dtls)
+    for name in ("codecs", "remote_streams", "rtcp_ssrc", "started"):
+        assert hasattr(receiver, _RX + name), f"RTCRtpReceiver.__{name} is gone"
+    assert inspect.iscoroutinefunction(receiver._send_rtcp)
+    sender = RTCRtpSender("video", dtls)
+    for name in ("packet_count", "octet_count", "rtp_timestamp", "ntp_timestamp"):
+        assert hasattr(sender, _TX + name), f"RTCRtpSender.__{name} is gone"
+    for name in ("_ssrc", "_enabled", "_handle_rtcp_packet"):
+        assert hasattr(sender, name), f"RTCRtpSender.{name} is gone"
+    assert inspect.iscoroutinefunction(sender._handle_rtcp_packet)
+    stats = StreamStatistics(90000)
+    for name in ("base_seq", "max_seq", "cycles", "packets_received"):
+        assert hasattr(stats, name), f"StreamStatistics.{name} is gone"
+    assert State.CONNECTED is not None
