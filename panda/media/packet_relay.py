@@ -42,6 +42,10 @@ DROPPED_EXTENSIONS = frozenset({
     "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
 })
+# With no aiortc bandwidth estimator on this path, the relay tells a publisher this much
+# (capped by the subscribers' own estimates), every REMB_INTERVAL seconds.
+UNCAPPED_BITRATE = 3_000_000
+REMB_INTERVAL = 1.0
 FRAME_STEP = {"audio": 960, "video": 3000}  # timestamp step across a source change (20 ms, 1/30 s)
 
 _HEADER = struct.Struct("!BBHII")
@@ -350,6 +354,18 @@ class PacketForwarder:
         self.retransmissions_in = 0
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._remb_timer: asyncio.TimerHandle | None = None
+        if self.is_video:
+            self.tap.own_estimate = UNCAPPED_BITRATE
+            self._remb_timer = asyncio.get_running_loop().call_later(REMB_INTERVAL, self._remb)
+
+    def _remb(self) -> None:
+        # Browsers keep the last REMB as a cap; repeating it covers a lost RTCP packet.
+        if self.closed or self.fanout.ended:
+            self._remb_timer = None
+            return
+        self.tap.send_remb_now()
+        self._remb_timer = asyncio.get_running_loop().call_later(REMB_INTERVAL, self._remb)
 
     def stream_stats(self, ssrc: int) -> Any:
         stats = self._stats.get(ssrc)
@@ -362,7 +378,7 @@ class PacketForwarder:
         """One unprotected RTP packet of this publication (``rtx``: (apt, media SSRC))."""
         fanout = self.fanout
         if fanout.ended:
-            self.closed = True
+            self.close()
             return
         stats = self._stats.get(ssrc) or self.stream_stats(ssrc)
         seq, ts = _SEQ_TS.unpack_from(data, 2)
@@ -448,7 +464,11 @@ class PacketForwarder:
         task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
+        """Stop forwarding (the publication ended or was replaced)."""
         self.closed = True
+        if self._remb_timer is not None:
+            self._remb_timer.cancel()
+            self._remb_timer = None
         self.assembler = None
         self.history = None
 

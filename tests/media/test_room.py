@@ -188,10 +188,10 @@ async def test_vanished_participant_is_cleaned_up(
 
 
 async def test_silent_participant_is_cleaned_up(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), media_timeout=1.0,
-                            initial_offer_delay=3600)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), media_timeout=1.0,
+        initial_offer_delay=3600)
     room = registry.get_or_create("silent")
     alice, bob = await call(room, vp8, opus)
     try:
@@ -259,9 +259,9 @@ async def test_bad_input_is_refused_and_the_call_goes_on(
 
 
 async def test_server_offers_first_to_a_participant_that_does_not_offer(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), initial_offer_delay=0.2)
     room = registry.get_or_create("silent-browser")
     alice = Client("alice", video=vp8, audio=opus)
     bob = Client("bob", video=None, audio=None)
@@ -278,9 +278,9 @@ async def test_server_offers_first_to_a_participant_that_does_not_offer(
 
 
 async def test_glare_server_offer_wins(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), initial_offer_delay=0.2)
     room = registry.get_or_create("glare")
     alice = Client("alice", video=vp8, audio=opus)
     bob = Client("bob", video=vp8, audio=opus)
@@ -427,9 +427,9 @@ async def test_subscriber_remb_caps_what_the_publisher_is_told(
 
 
 async def test_registry_close_awaits_every_pc_and_refuses_new_joins(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=3600)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), initial_offer_delay=3600)
     room = registry.get_or_create("shutdown")
     alice, bob = await call(room, vp8, opus)
     participants: list[Participant] = list(room.participants.values())
