@@ -55,6 +55,8 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Pa
         secret_key=TEST_SECRET,
         base_url="http://127.0.0.1:8080",
         ice_loopback=True,
+        # PANDA_RELAY_PATH=packet runs the browser call tests on the packet-level relay
+        relay_path=os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame",
     )
 
 

@@ -127,6 +127,15 @@ def payload_bounds(data: bytes) -> tuple[int, int]:
     return start, end
 
 
+def unwrap_rtx(data: bytes, apt: int, media_ssrc: bytes) -> bytes | None:
+    """The original packet inside an RTX packet (RFC 4588), or None for padding only."""
+    start, end = payload_bounds(data)
+    if end - start < 2:
+        return None  # padding only (bandwidth probing)
+    return (bytes(((data[0] & 0xDF), (data[1] & 0x80) | apt)) + data[start:start + 2]
+            + data[4:8] + media_ssrc + data[12:start] + data[start + 2:end])
+
+
 def extension_table(incoming: dict[str, int], outgoing: dict[str, int]) -> ExtTable:
     """Map a publisher's header extension ids to a subscriber's (by URI); others drop."""
     table = bytearray(256)
@@ -186,12 +195,12 @@ class SubscriberOutput:
     keyframe gates and source changes, and the SRTP output it is written to."""
 
     def __init__(self, track: ForwardingTrack, transceiver: RTCRtpTransceiver,
-                 participant: Participant) -> None:
+                 participant: Participant, output: patches.SrtpOutput | None = None) -> None:
         self.track = track
         self.transceiver = transceiver
         self.sender = transceiver.sender
         self.participant = participant
-        self.output = patches.SrtpOutput(transceiver.sender.transport)
+        self.output = output or patches.SrtpOutput(transceiver.sender.transport)
         self.ssrc = patches.sender_ssrc(transceiver.sender)
         self.pt = 0
         self.ext: ExtTable = bytes(256)
@@ -392,7 +401,7 @@ class PacketForwarder:
                 stats.cycles += 0x10000
             stats.max_seq = seq
         if rtx is not None:
-            data = self._unwrap_rtx(data, rtx)
+            data = unwrap_rtx(data, *rtx)
             if data is None:
                 return
             seq = (data[2] << 8) | data[3]
@@ -445,14 +454,6 @@ class PacketForwarder:
             out.forward(data, seq, ts, rtx is not None)
             if counts_frame:
                 track.frames_forwarded += 1
-
-    def _unwrap_rtx(self, data: bytes, rtx: tuple[int, bytes]) -> bytes | None:
-        start, end = payload_bounds(data)
-        if end - start < 2:
-            return None  # padding only (bandwidth probing)
-        apt, media_ssrc = rtx
-        return (bytes(((data[0] & 0xDF), (data[1] & 0x80) | apt)) + data[start:start + 2]
-                + data[4:8] + media_ssrc + data[12:start] + data[start + 2:end])
 
     def request_retransmission(self, seqs: list[int]) -> None:
         """Forward a subscriber's NACK (already in our sequence numbers) to the publisher."""
@@ -579,5 +580,6 @@ __all__ = [
     "keyframe_start_detector",
     "payload_bounds",
     "rewrite_extensions",
+    "unwrap_rtx",
     "vp8_keyframe_start",
 ]
