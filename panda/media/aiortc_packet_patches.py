@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import pylibsrtp
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.codecs import depayload, is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
@@ -27,6 +28,9 @@ _DTLS = "_RTCDtlsTransport__"
 
 # Returns True when it consumed the (unprotected) RTP packet.
 RtpInterceptor = Callable[[bytes], bool]
+# Given a still protected SRTP packet (its header is in the clear): handle it after
+# unprotect (returns the handler) or leave it to aiortc (None).
+RtpClaimer = Callable[[bytes], "Callable[[bytes], object] | None"]
 
 __all__ = [
     "RtpInterceptor",
@@ -38,6 +42,7 @@ __all__ = [
     "depayload",
     "hook_sender_nack",
     "intercept_rtp",
+    "intercept_srtp_datagrams",
     "parse_rtp",
     "receiver_codecs",
     "receiver_for_packet",
@@ -68,6 +73,35 @@ def intercept_rtp(dtls: RTCDtlsTransport, interceptor: RtpInterceptor) -> None:
         await handle(data, arrival_time_ms=arrival_time_ms)
 
     dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+
+
+def intercept_srtp_datagrams(dtls: RTCDtlsTransport, claim: RtpClaimer) -> None:
+    """Handle claimed SRTP packets synchronously as their datagram arrives.
+
+    aioice queues every datagram for the DTLS transport's receive task: a queue put, a
+    task wake-up and four coroutine frames per packet. A packet ``claim`` takes is
+    unprotected and handed to its handler right in the socket callback instead; DTLS,
+    RTCP and unclaimed RTP keep aiortc's way. The transport's byte counters still move.
+    """
+    connection = dtls.transport.iceGatherer._connection
+    queue = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        first = data[0]
+        srtp = dtls._rx_srtp
+        # RTP (not RTCP: payload types 64-95 with the marker bit are RTCP, RFC 5761)
+        if 127 < first < 192 and srtp is not None and not 191 < data[1] < 224:
+            handler = claim(data)
+            if handler is not None:
+                dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+                try:
+                    handler(srtp.unprotect(data))
+                except (pylibsrtp.Error, ValueError, IndexError, KeyError, struct.error):
+                    pass  # undecryptable or malformed: dropped, as aiortc drops it
+                return
+        queue(data, component)
+
+    connection.data_received = data_received  # type: ignore[method-assign]
 
 
 def receiver_for_packet(dtls: RTCDtlsTransport, ssrc: int, payload_type: int) -> Any:
@@ -229,6 +263,10 @@ def check_internals() -> None:
     assert isinstance(router.ssrc_table, dict) and isinstance(router.payload_type_table, dict)
     connection = dtls.transport.iceGatherer._connection
     assert isinstance(connection, Connection) and isinstance(connection._nominated, dict)
+    params = list(inspect.signature(connection.data_received).parameters)
+    assert params == ["data", "component"], f"Connection.data_received({params})"
+    assert hasattr(dtls, _DTLS + "rx_bytes"), "RTCDtlsTransport.__rx_bytes is gone"
+    assert hasattr(dtls, "_rx_srtp"), "RTCDtlsTransport._rx_srtp is gone"
     from aioice.ice import CandidatePair
 
     pair = CandidatePair(object(), object())  # type: ignore[arg-type]

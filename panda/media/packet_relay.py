@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-HISTORY_SIZE = 1024  # packets kept per video publication to answer NACKs (~1.5 s at 1.5 Mbit/s)
+HISTORY_SIZE = 512  # packets kept per video publication to answer NACKs (~3 s at 1.5 Mbit/s)
 _HISTORY_MASK = HISTORY_SIZE - 1
 SR_UPDATE_EVERY = 32  # packets between updates of a subscriber sender's report counters
 # Header extensions never forwarded: the subscriber's m-line has its own mid.
@@ -354,7 +354,6 @@ class PacketForwarder:
         self.is_video = pub.kind == "video"
         self.history: list[bytes | None] | None = [None] * HISTORY_SIZE if self.is_video else None
         self._keyframe_start = keyframe_start_detector(pub.codec.mimeType)
-        self._tracks = pub.fanout._tracks
         self._outputs = relay._outputs
         self._stats: dict[int, Any] = {}
         self._frame_start = True
@@ -433,7 +432,7 @@ class PacketForwarder:
             self.assembler = None
         outputs = self._outputs
         counts_frame = bool(marker) or not self.is_video
-        for track in self._tracks:
+        for track in fanout._tracks:
             if not track.reading:
                 continue
             out = outputs.get(track)
@@ -477,28 +476,45 @@ class PacketForwarder:
 # --------------------------------------------------------------------------- ingress
 
 
-_Entry = tuple["PacketForwarder", "tuple[int, bytes] | None"]
+class _Route:
+    """Where one SSRC's packets go: its forwarder, and how to unwrap them if RTX."""
+
+    __slots__ = ("forwarder", "rtx", "ssrc")
+
+    def __init__(self, forwarder: PacketForwarder, ssrc: int, rtx: tuple[int, bytes] | None):
+        self.forwarder = forwarder
+        self.ssrc = ssrc
+        self.rtx = rtx
+
+    def __call__(self, data: bytes) -> None:
+        self.forwarder.on_packet(data, self.ssrc, self.rtx)
 
 
 class _Ingress:
-    """Per DTLS transport: SSRC -> forwarder, resolved once through aiortc's router."""
+    """Per DTLS transport: SSRC -> route, resolved once through aiortc's router."""
 
     def __init__(self, relay: PacketRelay, dtls: RTCDtlsTransport) -> None:
         self.relay = relay
         self.dtls = dtls
-        self.table: dict[int, _Entry] = {}
+        self.table: dict[int, _Route] = {}
+
+    def claim(self, data: bytes) -> _Route | None:
+        """The route of a packet (still protected: its header is in the clear), if ours."""
+        ssrc = _SSRC.unpack_from(data, 8)[0]
+        route = self.table.get(ssrc)
+        if route is None or route.forwarder.closed:
+            return self._resolve(ssrc, data[1] & 0x7F)
+        return route
 
     def __call__(self, data: bytes) -> bool:
-        ssrc = _SSRC.unpack_from(data, 8)[0]
-        entry = self.table.get(ssrc)
-        if entry is None or entry[0].closed:
-            entry = self._resolve(ssrc, data[1] & 0x7F)
-            if entry is None:
-                return False
-        entry[0].on_packet(data, ssrc, entry[1])
+        """A packet aiortc unprotected: forward it if it belongs to a publication."""
+        route = self.claim(data)
+        if route is None:
+            return False
+        route(data)
         return True
 
-    def _resolve(self, ssrc: int, pt: int) -> _Entry | None:
+    def _resolve(self, ssrc: int, pt: int) -> _Route | None:
         self.table.pop(ssrc, None)
         receiver = patches.receiver_for_packet(self.dtls, ssrc, pt)
         forwarder = self.relay._forwarders.get(receiver) if receiver is not None else None
@@ -512,9 +528,8 @@ class _Ingress:
             if not isinstance(apt, int) or media_ssrc is None:
                 return None
             rtx = (apt, _SSRC.pack(media_ssrc))
-        entry = (forwarder, rtx)
-        self.table[ssrc] = entry
-        return entry
+        route = self.table[ssrc] = _Route(forwarder, ssrc, rtx)
+        return route
 
 
 class PacketRelay:
@@ -528,7 +543,9 @@ class PacketRelay:
         """Take RTP off every DTLS transport of ``participant``'s peer connection."""
 
         def on_dtls(dtls: RTCDtlsTransport) -> None:
-            patches.intercept_rtp(dtls, _Ingress(self, dtls))
+            ingress = _Ingress(self, dtls)
+            patches.intercept_srtp_datagrams(dtls, ingress.claim)
+            patches.intercept_rtp(dtls, ingress)
 
         aiortc_patches.on_dtls_transport_created(participant.pc, on_dtls)
 

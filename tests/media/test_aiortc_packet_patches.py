@@ -19,7 +19,7 @@ def _dtls() -> RTCDtlsTransport:
                             [RTCCertificate.generateCertificate()])
 
 
-def test_internals_are_where_the_packet_path_expects() -> None:
+async def test_internals_are_where_the_packet_path_expects() -> None:
     patches.check_internals()
 
 
