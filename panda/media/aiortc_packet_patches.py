@@ -21,7 +21,10 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics, TimestampMapper
 from aiortc.rtp import RTCP_RTPFB_NACK, AnyRtcpPacket, RtcpRtpfbPacket, RtpPacket
+from pylibsrtp._binding import ffi as _ffi
+from pylibsrtp._binding import lib as _lib
 
+_SRTP_TRAILER = 148  # pylibsrtp's SRTP_MAX_TRAILER_LEN: room protect() may add
 _RX = "_RTCRtpReceiver__"
 _TX = "_RTCRtpSender__"
 _DTLS = "_RTCDtlsTransport__"
@@ -153,15 +156,28 @@ def parse_rtp(data: bytes) -> RtpPacket:
 
 class SrtpOutput:
     """Protects RTP packets with a DTLS transport's SRTP context and sends them at once,
-    synchronously, on its nominated ICE pair (UDP or our ICE-TCP streams)."""
+    synchronously, on its nominated ICE pair (UDP or our ICE-TCP streams).
 
-    __slots__ = ("_dtls", "_nominated", "_pair", "_send")
+    A packet is rewritten in place in libsrtp's own buffer (:meth:`begin`), then
+    protected and sent (:meth:`finish`): one copy in, one out, nothing else allocated.
+    The buffer is the session's, shared with aiortc's own calls, which is safe because
+    every use of it runs to completion on the event loop thread.
+    """
+
+    __slots__ = ("_buffer", "_cdata", "_dtls", "_length", "_nominated", "_pair", "_send",
+                 "_session", "_srtp", "_view")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._nominated: dict[int, Any] = dtls.transport.iceGatherer._connection._nominated
         self._pair: Any = None
         self._send: Callable[[bytes], None] | None = None
+        self._session: pylibsrtp.Session | None = None
+        self._srtp: Any = None
+        self._cdata: Any = None
+        self._view: memoryview | None = None
+        self._buffer: Any = None
+        self._length: Any = _ffi.new("int *")
 
     def _resolve(self) -> Callable[[bytes], None] | None:
         pair = self._nominated.get(1)
@@ -182,22 +198,47 @@ class SrtpOutput:
         self._send = send
         return send
 
-    def send(self, packet: bytes) -> int:
-        """Protect and send one RTP packet; returns the bytes sent (0: not connected)."""
+    def begin(self, packet: bytes) -> memoryview | None:
+        """Copy ``packet`` into the SRTP buffer; returns it for in-place rewriting
+        (None: not connected yet, or too long to protect)."""
         dtls = self._dtls
-        srtp = dtls._tx_srtp
-        if srtp is None or dtls._state is not State.CONNECTED:
-            return 0
+        session = dtls._tx_srtp
+        if session is None or dtls._state is not State.CONNECTED:
+            return None
+        if session is not self._session:
+            self._session = session
+            self._srtp = session._srtp[0]
+            self._cdata = session._cdata
+            self._buffer = session._buffer
+            self._view = view = memoryview(session._buffer)
+        else:
+            view = self._view  # type: ignore[assignment]
+        size = len(packet)
+        if size > len(view) - _SRTP_TRAILER:
+            return None
+        view[:size] = packet
+        return view
+
+    def finish(self, size: int) -> int:
+        """Protect the ``size`` bytes :meth:`begin` left in the buffer and send them;
+        returns the bytes sent (0 if nothing went out)."""
         send = self._send
         if send is None or self._nominated.get(1) is not self._pair:
             send = self._resolve()
             if send is None:
                 return 0
-        data = srtp.protect(packet)
-        send(data)
-        size = len(data)
-        dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
+        length = self._length
+        length[0] = size
+        if _lib.srtp_protect(self._srtp, self._cdata, length):
+            return 0
+        size = length[0]
+        send(self._buffer[0:size])
+        self._dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
         return size
+
+    def send(self, packet: bytes) -> int:
+        """Protect and send one RTP packet as it is; returns the bytes sent."""
+        return self.finish(len(packet)) if self.begin(packet) is not None else 0
 
 
 def sender_ssrc(sender: RTCRtpSender) -> int:
@@ -287,3 +328,10 @@ def check_internals() -> None:
     for name in ("base_seq", "max_seq", "cycles", "packets_received"):
         assert hasattr(stats, name), f"StreamStatistics.{name} is gone"
     assert State.CONNECTED is not None
+    session = pylibsrtp.Session(pylibsrtp.Policy(
+        key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    assert _ffi.typeof(session._srtp[0]) is _ffi.typeof("srtp_t"), "pylibsrtp Session._srtp changed"
+    assert _ffi.typeof(session._cdata).cname == "char[]", "pylibsrtp Session._cdata changed"
+    assert len(memoryview(session._buffer)) == len(session._cdata)
+    assert getattr(pylibsrtp, "SRTP_MAX_TRAILER_LEN", _SRTP_TRAILER) <= _SRTP_TRAILER
+    assert callable(_lib.srtp_protect)

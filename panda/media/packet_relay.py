@@ -148,7 +148,7 @@ def extension_table(incoming: dict[str, int], outgoing: dict[str, int]) -> ExtTa
     return bytes(table)
 
 
-def rewrite_extensions(buf: bytearray, table: ExtTable) -> None:
+def rewrite_extensions(buf: bytearray | memoryview, table: ExtTable) -> None:
     """Renumber header extensions in place; unmapped ones become padding (RFC 8285 id 0)."""
     off = 12 + 4 * (buf[0] & 0x0F)
     profile = (buf[off] << 8) | buf[off + 1]
@@ -237,16 +237,15 @@ class SubscriberOutput:
         """Rewrite ``data`` for this subscriber, protect it and send it."""
         out_seq = (seq + self.seq_off) & 0xFFFF
         out_ts = (ts + self.ts_off) & 0xFFFFFFFF
+        output = self.output
+        buf = output.begin(data)
+        if buf is None:
+            return
         b0 = data[0]
+        _HEADER.pack_into(buf, 0, b0, (data[1] & 0x80) | self.pt, out_seq, out_ts, self.ssrc)
         if b0 & 0x10:
-            buf = bytearray(data)
-            _HEADER.pack_into(buf, 0, b0, (data[1] & 0x80) | self.pt, out_seq, out_ts, self.ssrc)
             rewrite_extensions(buf, self.ext)
-            packet = bytes(buf)
-        else:
-            packet = _HEADER.pack(b0, (data[1] & 0x80) | self.pt, out_seq, out_ts,
-                                  self.ssrc) + data[12:]
-        size = self.output.send(packet)
+        size = output.finish(len(data))
         if not size:
             return
         self.packets_forwarded += 1

@@ -5,11 +5,13 @@ These fail loudly when an aiortc release moves them (the package pins aiortc 1.1
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+import pylibsrtp
 from aiortc import RTCCertificate, RTCIceGatherer, RTCIceTransport, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket
 
 from panda.media import aiortc_packet_patches as patches
 
@@ -79,3 +81,38 @@ async def test_sender_counters_and_ssrc() -> None:
     assert sender._RTCRtpSender__packet_count == 5  # type: ignore[attr-defined]
     assert sender._RTCRtpSender__octet_count == 500  # type: ignore[attr-defined]
     assert sender._RTCRtpSender__rtp_timestamp == 12346  # type: ignore[attr-defined]
+
+
+def _srtp_pair() -> tuple[Any, Any]:
+    key = bytes(range(30))
+    tx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    rx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    return tx, rx
+
+
+async def test_claimed_srtp_datagrams_are_unprotected_in_the_socket_callback() -> None:
+    dtls = _dtls()
+    tx, rx = _srtp_pair()
+    connection = dtls.transport.iceGatherer._connection
+    queued: list[bytes] = []
+    connection.data_received = lambda data, component: queued.append(data)  # type: ignore[method-assign]
+    handled: list[bytes] = []
+
+    def claim(data: bytes) -> Any:
+        return handled.append if data[8:12] == b"\0\0\0\1" else None
+
+    patches.intercept_srtp_datagrams(dtls, claim)
+    ours = RtpPacket(payload_type=96, sequence_number=1, ssrc=1, payload=b"ours").serialize()
+    other = RtpPacket(payload_type=96, sequence_number=1, ssrc=2, payload=b"other").serialize()
+    rtcp = bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=2))
+    early = RtpPacket(payload_type=96, sequence_number=0, ssrc=1, payload=b"early").serialize()
+    connection.data_received(tx.protect(early), 1)  # before DTLS set SRTP up: aiortc's way
+    dtls._rx_srtp = rx
+    connection.data_received(tx.protect(ours), 1)
+    connection.data_received(tx.protect(other), 1)
+    connection.data_received(tx.protect_rtcp(rtcp), 1)
+    connection.data_received(b"\x16\xfe\xfd dtls record", 1)
+    # claimed but undecryptable: dropped
+    connection.data_received(b"\x80\x60" + bytes(6) + b"\0\0\0\1" + bytes(20), 1)
+    assert handled == [ours]
+    assert len(queued) == 4 and queued[-1].startswith(b"\x16")  # early, other, rtcp, dtls

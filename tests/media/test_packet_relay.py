@@ -129,12 +129,19 @@ def test_unwrap_rtx() -> None:
 
 
 class _Output:
+    """Stands in for an SrtpOutput: keeps what would have been protected and sent."""
+
     def __init__(self) -> None:
         self.sent: list[RtpPacket] = []
+        self.buffer = bytearray(1500)
 
-    def send(self, packet: bytes) -> int:
-        self.sent.append(RtpPacket.parse(packet))
-        return len(packet)
+    def begin(self, packet: bytes) -> bytearray:
+        self.buffer[:len(packet)] = packet
+        return self.buffer
+
+    def finish(self, size: int) -> int:
+        self.sent.append(RtpPacket.parse(bytes(self.buffer[:size])))
+        return size
 
 
 def _subscriber() -> tuple[SubscriberOutput, _Output]:
