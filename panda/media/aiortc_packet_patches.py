@@ -19,7 +19,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.codecs import depayload, is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpreceiver import StreamStatistics, TimestampMapper
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics, TimestampMapper
 from aiortc.rtp import RTCP_RTPFB_NACK, AnyRtcpPacket, RtcpRtpfbPacket, RtpPacket
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
@@ -36,6 +36,7 @@ RtpInterceptor = Callable[[bytes], bool]
 RtpClaimer = Callable[[bytes], "Callable[[bytes], object] | None"]
 
 __all__ = [
+    "NackGenerator",
     "RtpInterceptor",
     "SrtpOutput",
     "StreamStatistics",
@@ -324,6 +325,8 @@ def check_internals() -> None:
     for name in ("_ssrc", "_enabled", "_handle_rtcp_packet"):
         assert hasattr(sender, name), f"RTCRtpSender.{name} is gone"
     assert inspect.iscoroutinefunction(sender._handle_rtcp_packet)
+    nack = NackGenerator()
+    assert nack.add(RtpPacket(sequence_number=1)) is False and hasattr(nack, "missing")
     stats = StreamStatistics(90000)
     for name in ("base_seq", "max_seq", "cycles", "packets_received"):
         assert hasattr(stats, name), f"StreamStatistics.{name} is gone"

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -299,11 +300,28 @@ class FrameAssembler:
         else:
             self.jitter = JitterBuffer(capacity=16, prefetch=0)
         self.mapper = patches.TimestampMapper()
+        # Ask the publisher for what it lost on the way in, as aiortc's receiver would: a
+        # subscriber's NACK may come later or never (no subscriber, or it lost nothing).
+        self.nack = patches.NackGenerator() if forwarder.kind == "video" else None
         self._is_keyframe = _fanout_keyframe_test(forwarder.fanout)
+        # Video joins at a frame boundary, on the packet right after a marker: a frame's
+        # tail is no frame, and a late packet from before it would stall the buffer.
+        self._synced = forwarder.kind != "video"
+        self._expect: int | None = None
 
     def add(self, data: bytes, arrival: float) -> None:
         """Feed one (unwrapped) media packet."""
+        if not self._synced:
+            seq = (data[2] << 8) | data[3]
+            if seq != self._expect:
+                if data[1] & 0x80:
+                    self._expect = (seq + 1) & 0xFFFF
+                return
+            self._synced = True
         packet = patches.parse_rtp(data)
+        nack = self.nack
+        if nack is not None and nack.add(packet):
+            self.forwarder.request_retransmission(sorted(nack.missing))
         try:
             packet._data = (  # type: ignore[attr-defined]
                 patches.depayload(self.codec, packet.payload) if packet.payload else b"")
@@ -426,7 +444,7 @@ class PacketForwarder:
             assembler = self.assembler
             if assembler is None:
                 assembler = self.assembler = FrameAssembler(self)
-            assembler.add(data, asyncio.get_running_loop().time())
+            assembler.add(data, time.monotonic())
         elif self.assembler is not None:
             self.assembler = None
         outputs = self._outputs
