@@ -245,6 +245,12 @@ class CallPage {
     if (code === 4001) return this.finish("replaced");
     if (code === 4002) return this.finish("ended");
     if (code === 4003) return this.backToWaiting();
+    if (code === 4004) {
+      // Redirected: the redirect message (queued before this close) opens the next socket.
+      clearTimeout(this.timers.reconnect);
+      this.timers.reconnect = setTimeout(() => this.scheduleReconnect(), 2000);
+      return;
+    }
     this.scheduleReconnect();
   }
 
