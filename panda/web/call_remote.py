@@ -17,8 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from panda.bus import RESYNC_TYPE, Bus, Subscription
+from panda.bus import RESYNC_TYPE, Bus, BusUnavailable, Subscription
 from panda.errors import PandaError
+from panda.web.call_placement import PLACEMENT
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,6 @@ async def owner_elsewhere(app: web.Application, booking_id: int) -> str | None:
 
     Raises OwnerUnavailable when the shared store cannot say.
     """
-    from panda.bus import BusUnavailable
-    from panda.web.call_placement import PLACEMENT
-
     placement = app.get(PLACEMENT)
     if placement is None or not placement.enabled or COMMANDS not in app:
         return None

@@ -509,7 +509,9 @@ async def _connect_calls(app: web.Application) -> AsyncIterator[None]:
         # Asked by the process that received the record button's request.
         async with app[keys.sessionmaker]() as db:
             user = await db.get(User, int(args["user_id"]))
-        if user is None or args.get("action") not in ("start", "stop"):
+        if args.get("action") not in ("start", "stop"):
+            raise BadRequest("Unknown action.")
+        if user is None:
             raise NotFound("There is no such user.")
         return await _record(app, int(args["booking_id"]), user, str(args["action"]))
 

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -234,3 +235,42 @@ async def test_a_killed_owners_room_comes_back_on_the_live_process(
     assert ack["type"] == "join" and [p["role"] for p in ack["participants"]] == ["tutor"]
     stats = await admin.request("GET", f"{b.url}/api/sessions/{sid}/room/stats")
     assert stats[1]["live"] is True and len(stats[1]["participants"]) == 2
+
+
+async def test_workers_of_one_server_redirect_to_each_others_own_port(
+    tmp_path: Path, fresh_postgres_url: str, fresh_redis_url: str, members: list[Member]
+) -> None:
+    server = LiveServer(
+        tmp_path / "workers",
+        {
+            "PANDA_DATABASE_URL": fresh_postgres_url,
+            "PANDA_REDIS_URL": fresh_redis_url,
+            "PANDA_WORKERS": "2",
+        },
+    )
+    # Worker i announces PANDA_NODE_URL's port + i.
+    server.env["PANDA_NODE_URL"] = f"http://localhost:{server.port}"
+    server.data_dir.mkdir()
+    try:
+        server.start()
+        worker1 = f"http://127.0.0.1:{server.port + 1}"
+        demo = json.loads(server.run_cli("demo", "--json"))
+        sid = int(demo["session_id"])
+        student = await logged_in(demo, "student", server.url, members)
+        tutor = await logged_in(demo, "tutor", server.url, members)
+        deadline = time.monotonic() + 60
+        while True:  # worker 1 may still be starting
+            try:
+                on_1 = await student.call(worker1, sid)
+                break
+            except aiohttp.ClientConnectionError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        assert (await on_1.join())["type"] == "join"
+        on_0 = await tutor.call(server.url, sid)
+        assert await on_0.join() == {
+            "type": "redirect",
+            "url": f"ws://localhost:{server.port + 1}/ws/sessions/{sid}/call",
+        }
+    finally:
+        server.stop()
