@@ -85,7 +85,9 @@ class RoomCommands:
                 fut.set_exception(OwnerUnavailable("This server is shutting down."))
         self._pending.clear()
 
-    async def ask(self, owner: str, command: str, **args: Any) -> dict[str, Any]:
+    async def ask(
+        self, owner: str, command: str, *, wait_s: float | None = None, **args: Any
+    ) -> dict[str, Any]:
         """Run `command` on the process `owner`; its body, or RemoteError / OwnerUnavailable."""
         request_id = secrets.token_hex(8)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -104,7 +106,7 @@ class RoomCommands:
             if not sent:
                 raise OwnerUnavailable("The server holding this call cannot be reached.")
             try:
-                reply = await asyncio.wait_for(fut, self.timeout)
+                reply = await asyncio.wait_for(fut, wait_s or self.timeout)
             except TimeoutError:
                 raise OwnerUnavailable(
                     "The server holding this call did not answer; try again in a few seconds."

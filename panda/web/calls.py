@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from panda import keys
 from panda.bus import BUS, setup_bus
-from panda.errors import Conflict, Forbidden, NotFound
+from panda.errors import Conflict, Forbidden, NotFound, PandaError
 from panda.store import calls as store
 from panda.store.models import User
 from panda.web import call_ws
@@ -158,14 +158,30 @@ def session_id_from(request: web.Request) -> int:
     return int(raw)
 
 
-def _live(request: web.Request, booking_id: int) -> dict[int, dict[str, Any]]:
-    hub = request.app[CALL_HUB]
+LIVE_TIMEOUT = 2.0  # the live part of room info is optional: do not hold the page up for it
+
+
+def _local_live(app: web.Application, booking_id: int) -> dict[int, dict[str, Any]]:
+    hub = app[CALL_HUB]
     return {c.user_id: c.describe() for c in hub.connections(booking_id) if c.joined}
+
+
+async def _live(app: web.Application, booking_id: int) -> dict[int, dict[str, Any]]:
+    """Who is connected to the call and how, asked of the process holding it when elsewhere."""
+    try:
+        owner = await owner_elsewhere(app, booking_id)
+        if owner is None:
+            return _local_live(app, booking_id)
+        body = await app[COMMANDS].ask(owner, "live", booking_id=booking_id, wait_s=LIVE_TIMEOUT)
+    except PandaError:
+        return {}
+    people = body.get("participants")
+    return {int(k): v for k, v in people.items()} if isinstance(people, dict) else {}
 
 
 async def _room_json(request: web.Request, db: Any, access: store.CallAccess) -> dict[str, Any]:
     info = await store.room_info(db, access.booking)
-    live = _live(request, access.booking.id)
+    live = await _live(request.app, access.booking.id)
     for part in info["participants"]:
         state = live.get(part["user_id"])
         part["media"] = state["media"] if state else None
@@ -378,8 +394,12 @@ async def _start_placement(
     async def stats(args: dict[str, Any]) -> dict[str, Any]:
         return _local_stats(app, int(args["booking_id"]))
 
+    async def live(args: dict[str, Any]) -> dict[str, Any]:
+        return {"participants": _local_live(app, int(args["booking_id"]))}
+
     commands.register("end", end)
     commands.register("stats", stats)
+    commands.register("live", live)
     await commands.start()
     app[COMMANDS] = commands
     return placement, commands

@@ -170,7 +170,11 @@ async def test_second_participant_is_redirected_to_the_owner_and_commands_reach_
         await client.aclose()
     assert owner is not None and owner.startswith(f"{a.url}#")
 
-    # Room commands sent to B run on A.
+    # Room info and commands sent to B are answered by A, which holds the call.
+    room = await admin.request("GET", f"{b.url}/api/sessions/{sid}/room")
+    assert room[0] == 200
+    live = {p["role"]: p["connection"] for p in room[1]["participants"]}
+    assert live == {"student": "connecting", "tutor": "connecting"}, room[1]
     stats = await admin.request("GET", f"{b.url}/api/sessions/{sid}/room/stats")
     assert stats[0] == 200 and stats[1]["live"] is True
     assert sorted(p["role"] for p in stats[1]["participants"].values()) == ["student", "tutor"]
