@@ -306,6 +306,12 @@ class Settings:
             "workers": _int(env, "PANDA_WORKERS", 1, 1, 64) or 1,
             "node_url_base": _node_url(env),
         }
+        node_host = urlsplit(values["node_url_base"] or base_url).hostname
+        if node_host != parts.hostname:
+            # The login cookie is bound to the host name: a call page could not follow.
+            raise ConfigError(
+                f"PANDA_NODE_URL must use the host name of PANDA_BASE_URL ({parts.hostname})"
+            )
         if production and not env.get("PANDA_SECRET_KEY", "").strip():
             raise ConfigError("PANDA_SECRET_KEY is required when PANDA_ENV=production")
         try:

@@ -120,6 +120,7 @@ def test_database_url_spellings(tmp_path: Path, given: str, expected: str) -> No
         ("PANDA_NODE_URL", "tutor.example.org:8443"),
         ("PANDA_NODE_URL", "https://tutor.example.org:8443/ws"),
         ("PANDA_NODE_URL", "https://tutor.example.org:99999"),
+        ("PANDA_NODE_URL", "http://elsewhere.example.org:8080"),
         ("PANDA_SECRET_KEY", "too-short"),
     ],
 )
@@ -192,9 +193,16 @@ def test_each_process_has_its_own_address(tmp_path: Path) -> None:
         "https://tutor.example.org:8082"
     )
     configured = Settings.from_env(
-        env_for(tmp_path, PANDA_NODE_URL="https://tutor.example.org:8443/", PANDA_WORKERS="4")
+        env_for(
+            tmp_path,
+            PANDA_BASE_URL="https://tutor.example.org",
+            PANDA_NODE_URL="https://tutor.example.org:8443/",
+            PANDA_WORKERS="4",
+        )
     )
     assert configured.node_url == "https://tutor.example.org:8443"
     assert configured.with_(worker_index=3).node_url == "https://tutor.example.org:8446"
-    no_port = Settings.from_env(env_for(tmp_path, PANDA_NODE_URL="https://node1.example.org"))
-    assert no_port.node_url == "https://node1.example.org:443"
+    no_port = Settings.from_env(
+        env_for(tmp_path, PANDA_BASE_URL="http://[::1]:8080", PANDA_NODE_URL="https://[::1]")
+    )
+    assert no_port.node_url == "https://[::1]:443"

@@ -253,7 +253,7 @@ async def test_workers_of_one_server_redirect_to_each_others_own_port(
         },
     )
     # Worker i announces PANDA_NODE_URL's port + i.
-    server.env["PANDA_NODE_URL"] = f"http://localhost:{server.port}"
+    server.env["PANDA_NODE_URL"] = f"http://127.0.0.1:{server.port + 100}"
     server.data_dir.mkdir()
     try:
         server.start()
@@ -274,7 +274,7 @@ async def test_workers_of_one_server_redirect_to_each_others_own_port(
         on_0 = await tutor.call(server.url, sid)
         assert await on_0.join() == {
             "type": "redirect",
-            "url": f"ws://localhost:{server.port + 1}/ws/sessions/{sid}/call",
+            "url": f"ws://127.0.0.1:{server.port + 101}/ws/sessions/{sid}/call",
         }
     finally:
         server.stop()
