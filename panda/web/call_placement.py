@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -90,6 +91,10 @@ class RoomPlacement:
         # Who (signalling sessions) keeps each room here: the lease goes when the last one does.
         self._holders: dict[int, set[object]] = {}
         self._origin_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        # Called with a session id when another process took over a room held here (after a
+        # long Redis outage): the calls area sends its participants on.
+        self.on_lost: Callable[[int], Awaitable[None]] | None = None
 
     # -- joins ---------------------------------------------------------------------------------
     async def claim(self, booking_id: int, holder: object) -> Placement:
@@ -151,6 +156,37 @@ class RoomPlacement:
             return self.owner
         return await self.bus.get_owner(lease_key(booking_id))
 
+    async def check_leases(self) -> list[int]:
+        """Take back lapsed leases of rooms in use here; report (`on_lost`) those taken over."""
+        lost = []
+        for booking_id, keeper in list(self._keepers.items()):
+            if keeper.held or not self._holders.get(booking_id):
+                continue
+            fresh = LeaseKeeper(self.bus, lease_key(booking_id), self.owner, self.ttl)
+            if await fresh.acquire():
+                self._keepers[booking_id] = fresh
+                continue
+            try:
+                owner = await self.bus.get_owner(lease_key(booking_id))
+            except BusUnavailable:
+                continue  # try again next round
+            if owner is None:
+                continue
+            log.warning("the room of session %s moved to %s", booking_id, owner_url(owner))
+            lost.append(booking_id)
+            await self._drop(booking_id)
+            if self.on_lost is not None:
+                try:
+                    await self.on_lost(booking_id)
+                except Exception:
+                    log.exception("handing the room of session %s over failed", booking_id)
+        return lost
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            await self.check_leases()
+
     # -- origins of sibling processes ----------------------------------------------------------
     async def known_origin(self, origin: str) -> bool:
         """True when `origin` is the address of a live process of this deployment."""
@@ -170,17 +206,19 @@ class RoomPlacement:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Advertise this process's address to its siblings (origin checks)."""
+        """Advertise this process's address to its siblings; watch the leases held."""
         if self.enabled and self._origin_task is None:
             self._origin_task = asyncio.create_task(self._advertise(), name="call-node-origin")
+            self._watch_task = asyncio.create_task(self._watch(), name="call-room-leases")
 
     async def close(self, *, release: bool = True) -> None:
         """Stop renewing; give every lease up (`release=False` lets them lapse, like a crash)."""
-        if self._origin_task is not None:
-            self._origin_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._origin_task
-            self._origin_task = None
+        for task in (self._origin_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._origin_task = self._watch_task = None
         keepers = list(self._keepers.values())
         self._keepers.clear()
         self._holders.clear()

@@ -397,6 +397,12 @@ async def _start_placement(
     async def live(args: dict[str, Any]) -> dict[str, Any]:
         return {"participants": _local_live(app, int(args["booking_id"]))}
 
+    async def moved(booking_id: int) -> None:
+        # Another process holds the room now: the pages reconnect and are sent there.
+        for conn in app[CALL_HUB].connections(booking_id):
+            await conn.close(1001, "room moved")
+
+    placement.on_lost = moved
     commands.register("end", end)
     commands.register("stats", stats)
     commands.register("live", live)

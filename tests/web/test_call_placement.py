@@ -131,6 +131,32 @@ async def test_a_graceful_stop_hands_the_room_over_at_once(make: MakePlacement) 
     assert await b.claim(7, "bob") == LOCAL
 
 
+async def test_a_room_taken_over_during_an_outage_is_handed_on(make: MakePlacement) -> None:
+    a, b = await make(A_URL, ttl=0.6), await make(B_URL, ttl=0.6)
+    moved: asyncio.Queue[int] = asyncio.Queue()
+
+    async def on_lost(booking_id: int) -> None:
+        await moved.put(booking_id)
+
+    a.on_lost = on_lost
+    await a.claim(7, "alice")
+    await a.claim(8, "alice")
+    # As if the store had lost A's leases (a long outage): B takes room 7 meanwhile.
+    await a.bus.release(lease_key(7), a.owner)
+    await a.bus.release(lease_key(8), a.owner)
+    assert await b.claim(7, "bob") == LOCAL
+    assert await asyncio.wait_for(moved.get(), 10) == 7
+    assert not a.holds(7)
+    # Room 8, which nobody took, is simply held again.
+    await eventually(lambda: _holds(a, 8))
+    assert await b.owner_of(8) == a.owner
+    assert moved.empty()
+
+
+async def _holds(placement: RoomPlacement, booking_id: int) -> bool:
+    return placement.holds(booking_id) and await placement.owner_of(booking_id) == placement.owner
+
+
 async def test_sibling_origins_are_known(make: MakePlacement) -> None:
     a, b = await make(A_URL), await make(B_URL)
 
