@@ -439,6 +439,7 @@ class CallPage {
   onRedirect(msg) {
     // Another server process holds this room: talk to its signalling socket instead. Only this
     // call's socket on this site's host (any port) is followed.
+    if (this.leaving || this.state === "ended" || this.state === "failed") return;
     let url;
     try {
       url = new URL(msg.url);
