@@ -40,6 +40,7 @@ from panda.bus import BUS, RESYNC_TYPE, BusUnavailable, Subscription, setup_bus
 from panda.errors import PandaError
 from panda.store import chat as store
 from panda.store.models import ConversationMember, User
+from panda.web import ws_sessions
 
 log = logging.getLogger(__name__)
 
@@ -479,3 +480,4 @@ def setup(app: web.Application) -> None:
     app.setdefault(LIVE_SNAPSHOTS, []).append(_admin_sessions_snapshot)
     app.on_shutdown.append(_close_all)
     app.router.add_get("/ws/live", live_ws, name="live_ws")
+    ws_sessions.setup(app)

@@ -8,6 +8,7 @@
 
 const MAX_BACKOFF_MS = 15000;
 const MAX_URL_WATCHES = 50; // the server's limit
+const SESSION_ENDED = 4001; // close code: the login session was ended
 
 class Live extends EventTarget {
   constructor() {
@@ -17,6 +18,7 @@ class Live extends EventTarget {
     this.urlWatches = new Set(); // ids the current socket's URL already asked for
     this.backoff = 500;
     this.started = false;
+    this.ended = false;
     this.connected = false;
     this.unreadTotal = null;
     this.timer = null;
@@ -27,7 +29,7 @@ class Live extends EventTarget {
     this.started = true;
     this.connect();
     document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible" && !this.connected) this.reconnectSoon(0);
+      if (document.visibilityState === "visible" && !this.connected && !this.ended) this.reconnectSoon(0);
     });
   }
 
@@ -79,11 +81,17 @@ class Live extends EventTarget {
       if (typeof event.unread_total === "number") this.setUnreadTotal(event.unread_total);
       this.emit(event);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (ev) => {
       const was = this.connected;
       this.connected = false;
       if (this.ws === ws) this.ws = null;
       if (was) this.emit({ type: "disconnected" });
+      if (ev.code === SESSION_ENDED) {
+        // Logged out (here or elsewhere): reconnecting would only be refused.
+        this.ended = true;
+        this.emit({ type: "session_ended" });
+        return;
+      }
       this.reconnectSoon();
     });
     ws.addEventListener("error", () => {
