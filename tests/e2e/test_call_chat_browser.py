@@ -39,6 +39,19 @@ async def _person(
     return page, errors
 
 
+async def _chat_ready(page: Page) -> None:
+    """Wait until the panel has mounted its conversation (or say why it did not)."""
+    try:
+        await page.wait_for_selector(
+            "[data-call-chat][data-conversation-id] textarea[data-chat-input]",
+            state="attached",
+            timeout=DEADLINE * 1000,
+        )
+    except Exception:
+        note = await page.locator("[data-call-chat]").inner_text()
+        raise AssertionError(f"the chat did not start: {note!r}") from None
+
+
 async def _say(page: Page, text: str) -> None:
     box = page.locator("[data-call-chat] textarea[data-chat-input]")
     await box.fill(text)
@@ -61,6 +74,7 @@ async def test_call_chat_panel_while_media_flows(
     )
     # On a wide screen the chat sits beside the call, ready to use.
     for page in (student, tutor):
+        await _chat_ready(page)
         await expect(page.locator("[data-call-chat]")).to_be_visible()
         await expect(page.locator("[data-chat-toggle]")).to_have_attribute("aria-expanded", "true")
         await expect(page.locator("[data-call-chat] textarea[data-chat-input]")).to_be_visible()
