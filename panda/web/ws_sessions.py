@@ -3,7 +3,7 @@ change or reset, deactivation) the server closes them, in every process.
 
 Every websocket a browser session opens (`/ws/live`, the call socket) is registered when its
 handshake is prepared. `end_sessions` tells every process over the bus; each closes its matching
-sockets with code 4001. A periodic check against the database catches what a bus outage lost.
+sockets with code 4005. A periodic check against the database catches what a bus outage lost.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from panda.web.auth import SESSION_LIFETIME
 log = logging.getLogger(__name__)
 
 CHANNEL = "sessions:ended"
-CLOSE_SESSION_ENDED = 4001
+CLOSE_SESSION_ENDED = 4005  # 4001 already means "replaced" on the call socket
 RECHECK_INTERVAL = 30.0
 
 

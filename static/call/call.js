@@ -243,6 +243,12 @@ class CallPage {
     this.redirectUrl = null;
     if (this.leaving || this.state === "ended" || this.state === "failed") return;
     if (code === 4001) return this.finish("replaced");
+    if (code === 4005) {
+      // The login session ended (logged out elsewhere, password changed): rejoining needs a login.
+      this.finish("ended");
+      window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
+      return;
+    }
     if (code === 4002) return this.finish("ended");
     if (code === 4003) return this.backToWaiting();
     if (code === 4004) {

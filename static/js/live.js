@@ -8,7 +8,7 @@
 
 const MAX_BACKOFF_MS = 15000;
 const MAX_URL_WATCHES = 50; // the server's limit
-const SESSION_ENDED = 4001; // close code: the login session was ended
+const SESSION_ENDED = 4005; // close code: the login session was ended
 
 class Live extends EventTarget {
   constructor() {
