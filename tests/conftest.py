@@ -122,6 +122,8 @@ class LiveServer:
             "PANDA_BASE_URL": self.url,
             "PANDA_SECRET_KEY": TEST_SECRET,
             "PANDA_ICE_LOOPBACK": "1",
+            # the relay path under test is the one setting passed on (see `settings`)
+            "PANDA_RELAY_PATH": os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame",
             "PYTHONPATH": str(ROOT),
             **env,
         }
