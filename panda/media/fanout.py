@@ -323,6 +323,7 @@ class Fanout:
         self.frames_in = 0
         self.keyframes_in = 0
         self.bytes_in = 0
+        self.losses = 0
         self.ended = False
 
     # ----------------------------------------------------------------- subscribers
@@ -372,6 +373,19 @@ class Fanout:
         """Ask the publisher for a keyframe (throttled); audio has none to ask for."""
         if self.kind == "video" and not self.ended:
             self.requester.request()
+
+    def lost(self) -> None:
+        """Video from the publisher was lost for good: later frames refer to what is missing.
+
+        Subscribers cannot tell (their stream has no gap: it is re-packetised here), so
+        they wait for the next keyframe, which is asked for at once.
+        """
+        if self.kind != "video" or self.ended:
+            return
+        self.losses += 1
+        for track in self._tracks:
+            track.needs_keyframe = True
+        self.requester.request()
 
     def _on_remb_changed(self) -> None:
         estimates = [t.remb for t in self._tracks if t.remb is not None]
@@ -468,6 +482,7 @@ class Fanout:
             "frames_in": self.frames_in,
             "keyframes_in": self.keyframes_in,
             "keyframes_requested": self.requester.sent,
+            "losses": self.losses,
             "subscribers": len(self._tracks),
             "frames_forwarded": sum(t.frames_forwarded for t in self._tracks),
         }

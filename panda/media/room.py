@@ -332,6 +332,7 @@ class Participant:
         ended = list(self._publications.values())
         for pub in ended:
             pub.tap.on_frame = None
+            pub.tap.on_loss = None
             pub.fanout.end()
         self._publications.clear()
         for sub in [*self._subscriptions.values(), *self._retired]:
@@ -538,6 +539,7 @@ class Participant:
             self, transceiver.mid, transceiver.kind, source, codec, transceiver, tap, fanout
         )
         tap.on_frame = pub.on_frame
+        tap.on_loss = fanout.lost
         self._publications[pub.mid] = pub
         self.room._attach_sinks(pub)
         return pub
@@ -546,6 +548,7 @@ class Participant:
         if self._publications.get(pub.mid) is pub:
             del self._publications[pub.mid]
         pub.tap.on_frame = None
+        pub.tap.on_loss = None
         pub.tap.bitrate_limit = None
         pub.fanout.end()
         self.room._forget_sinks(pub)
