@@ -6,7 +6,14 @@ import { StatsWatcher } from "./stats.js";
 
 const DISCONNECT_GRACE_MS = 3000; // "disconnected" this long => new peer connection
 const CONNECT_TIMEOUT_MS = 15000; // no media connection this long after joining => new peer connection
-const BACKOFF_MS = [500, 1000, 2000, 3000, 5000];
+const BACKOFF_MS = [0, 500, 1000, 2000, 3000, 5000]; // after a socket closed; the first retry is at once
+// While the network is down nothing fails, it just goes silent; without these limits a lost
+// handshake or a dead socket would only be noticed after TCP's own (growing) retry delays.
+const JOIN_REPLY_TIMEOUT_MS = 2000; // a join unanswered this long: the socket is taken for dead
+const SOCKET_OPEN_TIMEOUT_MS = 3000; // a socket not open this long is tried again
+const CHECK_TIMEOUT_MS = 1500; // the room check before reconnecting
+const SILENT_RETRY_MS = 500; // retry after a timeout (not backed off: nothing reached the server)
+const SILENT_MAX_FACTOR = 4; // the three timeouts double with each one in a row (a slow server), up to this
 const MEDIA_STALL_MS = 8000; // connected, others publishing, nothing received this long => new peer connection
 const STATUS_TEXT = {
   idle: "Ready to join",
@@ -40,6 +47,7 @@ class CallPage {
     this.participants = new Map(); // participant_id -> {name, role, media, connection}
     this.leaving = false;
     this.attempt = 0;
+    this.silent = 0; // timeouts in a row since the last join reply
     this.timers = {};
     this.stats = new StatsWatcher(root);
     this.q = (sel) => root.querySelector(sel);
@@ -221,9 +229,13 @@ class CallPage {
     this.sig = sig;
     this.stats.field("signalling", "connecting");
     sig.addEventListener("open", () => {
+      clearTimeout(this.timers.socketOpen);
       this.stats.field("signalling", "open");
-      sig.send({ type: "join" });
+      this.sendJoin(sig);
     });
+    this.timers.socketOpen = setTimeout(() => {
+      if (this.sig === sig && !sig.isOpen) this.socketSilent();
+    }, this.patience(SOCKET_OPEN_TIMEOUT_MS));
     // One message at a time, in order: an offer must be applied before the next candidate.
     let chain = Promise.resolve();
     sig.addEventListener("message", (event) => {
@@ -233,7 +245,37 @@ class CallPage {
     sig.connect();
   }
 
+  /** Send a join and expect its reply in time: during an outage a socket dies silently. */
+  sendJoin(sig) {
+    sig.send({ type: "join" });
+    clearTimeout(this.timers.joinReply);
+    this.timers.joinReply = setTimeout(() => {
+      if (this.sig === sig) this.socketSilent();
+    }, this.patience(JOIN_REPLY_TIMEOUT_MS));
+  }
+
+  /** A timeout, longer after each one in a row: a slow server still gets through. */
+  patience(ms) {
+    return ms * Math.min(2 ** this.silent, SILENT_MAX_FACTOR);
+  }
+
+  /** The socket went silent (no open, no join reply): drop it and start over on a new one. */
+  socketSilent() {
+    if (this.leaving || !["connecting", "connected", "reconnecting"].includes(this.state)) return;
+    this.silent += 1;
+    this.stats.field("signalling", "no answer");
+    if (this.sig) this.sig.close();
+    this.sig = null;
+    if (this.peer) this.peer.detach();
+    this.applyState("reconnecting");
+    this.banner("Connection lost. Reconnecting…");
+    clearTimeout(this.timers.reconnect);
+    this.timers.reconnect = setTimeout(() => this.checkThenReconnect(), 0);
+  }
+
   onSocketClose({ code }) {
+    clearTimeout(this.timers.joinReply);
+    clearTimeout(this.timers.socketOpen);
     this.stats.field("signalling", `closed (${code})`);
     if (this.leaving || this.state === "ended" || this.state === "failed") return;
     if (code === 4001) return this.finish("replaced");
@@ -256,15 +298,27 @@ class CallPage {
     // Ask the API first: a closed socket says nothing about why (ended, no access, server down).
     let info = null;
     try {
-      const resp = await fetch(`/api/sessions/${this.sessionId}/room`, { credentials: "same-origin" });
+      const resp = await fetch(`/api/sessions/${this.sessionId}/room`, {
+        credentials: "same-origin",
+        signal: AbortSignal.timeout(this.patience(CHECK_TIMEOUT_MS)),
+      });
       if (resp.status === 401 || resp.status === 403 || resp.status === 404) {
         const body = await resp.json().catch(() => ({}));
         return this.fail(body.error || "You no longer have access to this call.");
       }
       if (resp.ok) info = await resp.json();
-    } catch {
+    } catch (err) {
+      if (err && err.name === "TimeoutError") {
+        this.silent += 1;
+        // Silence, not a refusal: the network is probably down. Try again soon, so that
+        // the call is back as soon as it returns.
+        clearTimeout(this.timers.reconnect);
+        this.timers.reconnect = setTimeout(() => this.checkThenReconnect(), SILENT_RETRY_MS);
+        return;
+      }
       /* server unreachable: keep trying */
     }
+    if (this.leaving || this.state === "ended" || this.state === "failed") return;
     if (info && info.window === "ended") return this.finish("ended");
     if (info && info.window === "not_open") return this.backToWaiting();
     if (!info) return this.scheduleReconnect();
@@ -279,7 +333,7 @@ class CallPage {
     this.applyState("reconnecting");
     this.banner(reason);
     if (this.peer) this.peer.detach();
-    if (this.sig && this.sig.isOpen) this.sig.send({ type: "join" });
+    if (this.sig && this.sig.isOpen) this.sendJoin(this.sig);
     else this.scheduleReconnect();
   }
 
@@ -336,6 +390,8 @@ class CallPage {
   }
 
   onJoined(msg) {
+    clearTimeout(this.timers.joinReply);
+    this.silent = 0;
     this.participantId = msg.participant_id;
     const indicator = document.querySelector("[data-recording-indicator]");
     if (indicator && indicator.hidden === Boolean(msg.recording)) {
