@@ -27,8 +27,11 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtcpRtpfbPacket,
     RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
@@ -557,7 +560,13 @@ def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
 
 
 class SenderHook:
-    """Routes a sender's PLI/FIR and REMB feedback to the relay instead of an encoder."""
+    """Routes a sender's PLI/FIR and REMB feedback to the relay instead of an encoder.
+
+    A NACK for a packet the sender no longer holds (aiortc keeps the last 128: after a
+    network outage the receiver asks for far older ones) counts as a keyframe request too:
+    the receiver cannot repair its picture otherwise, and would only ask for a keyframe
+    itself after giving up on the retransmissions.
+    """
 
     def __init__(
         self,
@@ -584,7 +593,18 @@ class SenderHook:
                 if self.sender._ssrc in ssrcs and self.on_remb is not None:
                     self.on_remb(bitrate)
                 return
+        elif (isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK
+              and self.on_keyframe_request is not None and self._unrecoverable(packet.lost)):
+            self.on_keyframe_request()
         await self._handle(packet)
+
+    def _unrecoverable(self, lost: list[int]) -> bool:
+        history: dict[int, RtpPacket] = getattr(self.sender, _TX + "rtp_history")
+        for seq in lost:
+            kept = history.get(seq % RTP_HISTORY_SIZE)
+            if kept is None or kept.sequence_number != seq:
+                return True
+        return False
 
 
 def hook_sender(

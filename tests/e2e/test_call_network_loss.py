@@ -210,17 +210,12 @@ async def _inside_hub() -> dict[str, Any]:
                     pages[role] = await login(
                         context, base, demo[role]["email"], demo[role]["password"]
                     )
-                logs: list[str] = []
-                for role, page in pages.items():
-                    page.on("console", lambda m, role=role: logs.append(f"{role} {m.text}") if m.text.startswith("DBG") else None)
-                result["logs"] = logs
                 await asyncio.gather(
                     join(pages["student"], student_base, sid),
                     join(pages["tutor"], server.url, sid),
                 )
                 await _wait_flowing(pages)
                 leaf.block()
-                logs.append(f"BLOCK {time.time()*1000:.0f}")
                 blocked_at = time.monotonic()
                 await asyncio.sleep(1.0)
                 during = {name: await _progress(page) for name, page in pages.items()}
@@ -231,7 +226,6 @@ async def _inside_hub() -> dict[str, Any]:
                     for name in pages
                 }
                 leaf.unblock()
-                logs.append(f"UNBLOCK {time.time()*1000:.0f}")
                 unblocked_at = time.monotonic()
                 result["outage"] = round(unblocked_at - blocked_at, 2)
                 result["recovery"] = await _measure_recovery(pages, unblocked_at, 40.0)

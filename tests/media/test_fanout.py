@@ -344,3 +344,27 @@ async def test_reattached_track_continues_timestamps() -> None:
     assert bytes(key) == VP8_KEY and key.pts == 4000 + 3000  # one frame after the last
     assert bytes(delta) == VP8_DELTA and delta.pts == 10000
     assert track in second.tracks and track not in first.tracks
+
+
+async def test_lost_publisher_video_makes_subscribers_wait_for_a_keyframe() -> None:
+    fanout, requests, timers = make_fanout()
+    track = fanout.subscribe()
+    reader = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    fanout.push(VP8_KEY, 3000, 0.0)
+    assert bytes(await reader) == VP8_KEY
+    timers.advance(1.0)
+    requests.clear()
+    fanout.lost()  # the relay gave up a packet: what follows refers to a lost frame
+    assert requests == [1] and fanout.stats()["losses"] == 1
+    fanout.push(VP8_DELTA, 6000, 0.0)
+    assert track.queued() == 0  # the subscriber would decode garbage: held back
+    fanout.push(VP8_KEY, 9000, 0.0)
+    fanout.push(VP8_DELTA, 12000, 0.0)
+    assert [bytes(p) for p in (await track.recv(), await track.recv())] == [VP8_KEY, VP8_DELTA]
+
+
+def test_audio_loss_changes_nothing() -> None:
+    fanout, requests, _ = make_fanout("audio", "audio/opus")
+    fanout.lost()
+    assert requests == [] and fanout.losses == 0
