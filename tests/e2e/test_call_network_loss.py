@@ -41,7 +41,7 @@ async () => {
   const pc = call && call.peer && call.peer.pc;
   if (!pc) return { state: call ? call.state : null, video: {}, audio: {} };
   if (!call.peer.testId) call.peer.testId = (window.testPeers = (window.testPeers || 0) + 1);
-  const out = { state: call.state, pc: pc.connectionState, video: {}, audio: {} };
+  const out = { state: call.state, peers: window.testPeers, video: {}, audio: {} };
   (await pc.getStats()).forEach((s) => {
     if (s.type !== "inbound-rtp") return;
     const key = `${call.peer.testId}/${s.id}`;
@@ -229,7 +229,11 @@ async def _inside_hub() -> dict[str, Any]:
                 unblocked_at = time.monotonic()
                 result["outage"] = round(unblocked_at - blocked_at, 2)
                 result["recovery"] = await _measure_recovery(pages, unblocked_at, 40.0)
-                result["states"] = {name: (await _progress(p))["state"] for name, p in pages.items()}
+                final = {name: await _progress(page) for name, page in pages.items()}
+                result["states"] = {name: snap["state"] for name, snap in final.items()}
+                # Peer connections each page used: 2 for the student means it rejoined (the
+                # server dropped its silent connection meanwhile), 1 that the old one recovered.
+                result["peer_connections"] = {name: snap["peers"] for name, snap in final.items()}
                 # Media keeps flowing afterwards (not a burst of queued frames).
                 await _wait_flowing(pages, limit=15)
                 result["flowing_after"] = True
@@ -291,7 +295,8 @@ if __name__ == "__main__":
         for _ in range(int(sys.argv[2])):
             figures = run_outage()
             times.append(max(v or 99.0 for v in figures["recovery"].values()))
-            print(json.dumps(figures["recovery"]), figures["load"], flush=True)
+            print(json.dumps(figures["recovery"]), figures["peer_connections"], figures["load"],
+                  flush=True)
         print("median", statistics.median(times), "max", max(times))
     else:
         print(json.dumps(asyncio.run(_inside_hub())))
