@@ -294,6 +294,12 @@ class ReceiverTap:
     def started(self) -> bool:
         return bool(getattr(self.receiver, _RX + "started"))
 
+    @property
+    def can_send_feedback(self) -> bool:
+        """True once a PLI can reach the remote sender (receiver started, DTLS connected)."""
+        return (self.started and self.media_ssrc is not None
+                and self.receiver.transport.state == "connected")
+
     def _lost(self) -> None:
         callback = self.on_loss
         if callback is not None:

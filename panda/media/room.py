@@ -518,9 +518,12 @@ class Participant:
         tap = self._taps.get(transceiver) or aiortc_patches.tap_receiver(transceiver.receiver)
         self._taps[transceiver] = tap
 
-        def request_keyframe() -> None:
-            if not self.closed:
-                self._spawn(tap.request_keyframe())
+        def request_keyframe() -> bool:
+            # A PLI before the connection is up would be dropped unseen: report it unsent.
+            if self.closed or not tap.can_send_feedback:
+                return False
+            self._spawn(tap.request_keyframe())
+            return True
 
         def on_bitrate_limit(limit: int | None) -> None:
             tap.bitrate_limit = limit

@@ -295,6 +295,7 @@ class CallPage {
   }
 
   async checkThenReconnect() {
+    if (this.leaving || this.state !== "reconnecting") return;
     // Ask the API first: a closed socket says nothing about why (ended, no access, server down).
     let info = null;
     try {
