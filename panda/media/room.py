@@ -191,6 +191,7 @@ class Participant:
         self.closed = False
         self.offers_sent = 0
         self.answers_sent = 0
+        self.video_mimes: tuple[str, ...] | None = None  # what its offers support, if known
 
     # ------------------------------------------------------------------ public
 
@@ -384,8 +385,11 @@ class Participant:
 
     # ------------------------------------------------------------------ browser offer
 
-    def _check_offer(self, description: aiortc_sdp.SessionDescription) -> str | None:
-        """Validate an offer against the current session; returns the video codec it implies."""
+    def _check_offer(
+        self, description: aiortc_sdp.SessionDescription
+    ) -> tuple[str | None, tuple[str, ...] | None]:
+        """Validate an offer against the current session; returns the room's video codec it
+        implies and the relay video codecs the offer supports (None: it offers no video)."""
         local = self.pc.localDescription
         if local is not None:
             current = aiortc_sdp.SessionDescription.parse(local.sdp)
@@ -395,7 +399,7 @@ class Participant:
                 raise _sdp_error("an offer must keep the existing media sections in order")
         # The server's own m-lines were offered with the room's codecs already.
         sub_mids = {t.mid for t in self._sub_transceivers if t.mid is not None}
-        video_mime = self.room.video_mime
+        offered: tuple[str, ...] | None = None
         for media in description.media:
             if media.kind == "application" or media.rtp.muxId in sub_mids:
                 continue
@@ -409,17 +413,20 @@ class Participant:
                 if AUDIO_MIME not in mimes:
                     raise SignalError("no-common-codec", "audio must support Opus")
                 continue
-            if video_mime is None:
-                video_mime = next((m for m in VIDEO_MIMES if m in mimes), None)
-                if video_mime is None:
-                    raise SignalError("no-common-codec", "video must support VP8 or H.264")
-            elif video_mime not in mimes:
-                raise SignalError(
-                    "no-common-codec",
-                    f"this call uses {video_mime.split('/')[1].upper()} video, "
-                    "which this browser does not offer",
-                )
-        return video_mime
+            supported = tuple(m for m in VIDEO_MIMES if m in mimes)
+            if not supported:
+                raise SignalError("no-common-codec", "video must support VP8 or H.264")
+            offered = supported if offered is None else tuple(m for m in offered if m in supported)
+        if offered is None:
+            return self.room.video_mime, None
+        video_mime = self.room.choose_video_mime(self, offered)
+        if video_mime not in offered:
+            raise SignalError(
+                "no-common-codec",
+                f"this call uses {video_mime.split('/')[1].upper()} video, "
+                "which this browser does not offer",
+            )
+        return video_mime, offered
 
     async def _handle_offer(self, msg: dict[str, Any]) -> None:
         sources = msg.get("sources") or {}
@@ -436,7 +443,11 @@ class Participant:
                 raise SignalError("closed", "this connection is closed; join again")
             if self.pc.signalingState != "stable":
                 raise SignalError("glare", "the server's offer is outstanding: answer it first")
-            video_mime = self._check_offer(description)
+            video_mime, offered = self._check_offer(description)
+            if offered is not None:
+                # Decided before any await: a concurrent offer sees this choice.
+                self.video_mimes = offered
+                self.room.video_mime = video_mime
             self._learn_remote(description)
             try:
                 await self.pc.setRemoteDescription(
@@ -444,8 +455,6 @@ class Participant:
                 )
             except Exception as exc:
                 await self._fail_after_bad_description(exc)
-            if video_mime is not None and self.room.video_mime is None:
-                self.room.video_mime = video_mime
             changed = self._apply_publications(sources)
             try:
                 answer = await self.pc.createAnswer()
@@ -913,6 +922,26 @@ class Room:
     def _publications_changed(self, source: Participant) -> None:
         for participant in list(self._participants.values()):
             participant.schedule_renegotiation()
+
+    def choose_video_mime(self, offerer: Participant, offered: tuple[str, ...]) -> str:
+        """The room's video codec for an offer supporting ``offered``.
+
+        Fixed while anyone publishes video (subscribers were negotiated with it). Otherwise
+        VP8 when every participant whose codecs are known (from their offers) supports it,
+        else H.264 when they all do, else the offerer's preference (someone will get
+        ``no-common-codec`` when publishing).
+        """
+        if self.video_mime is not None and any(
+            pub.kind == "video" for pub in self._all_publications()
+        ):
+            return self.video_mime
+        known = [p.video_mimes for p in self._participants.values()
+                 if p is not offerer and p.video_mimes is not None]
+        known.append(offered)
+        for mime in VIDEO_MIMES:
+            if all(mime in mimes for mimes in known):
+                return mime
+        return offered[0]
 
     def codec_preferences(
         self, kind: str, codec: RTCRtpCodecParameters
