@@ -149,6 +149,35 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A reverse proxy on the same machine is trusted to say who the client is; nothing else is.
+DEFAULT_TRUSTED_PROXIES: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+def _networks(
+    env: Mapping[str, str], name: str, default: tuple[IPNetwork, ...]
+) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks; empty means the default."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks (10.0.0.0/8), not {item!r}"
+            ) from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server is configured with; build it with `Settings.from_env()`."""
@@ -176,6 +205,7 @@ class Settings:
     ice_public_ip: str | None = None
     ice_udp_ports: tuple[int, int] | None = None
     relay_path: str = "frame"
+    trusted_proxies: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_PROXIES
     workers: int = 1
     worker_index: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -270,6 +300,7 @@ class Settings:
             "ice_public_ip": public_ip,
             "ice_udp_ports": _port_range(env, "PANDA_ICE_UDP_PORTS"),
             "relay_path": relay_path,
+            "trusted_proxies": _networks(env, "PANDA_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES),
             "workers": _int(env, "PANDA_WORKERS", 1, 1, 64) or 1,
         }
         if production and not env.get("PANDA_SECRET_KEY", "").strip():

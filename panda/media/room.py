@@ -400,10 +400,15 @@ class Participant:
         # The server's own m-lines were offered with the room's codecs already.
         sub_mids = {t.mid for t in self._sub_transceivers if t.mid is not None}
         offered: tuple[str, ...] | None = None
+        # Port 0 marks a rejected section, except for sections still in the BUNDLE group:
+        # Firefox offers every section after the first as port 0 + a=bundle-only (RFC 8843).
+        bundled = {
+            mid for group in description.group if group.semantic == "BUNDLE" for mid in group.items
+        }
         for media in description.media:
             if media.kind == "application" or media.rtp.muxId in sub_mids:
                 continue
-            if media.port == 0:
+            if media.port == 0 and media.rtp.muxId not in bundled:
                 raise _sdp_error(
                     "rejected or stopped media sections are not supported; "
                     "use removeTrack instead of stopping a transceiver"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from panda import keys, ratelimit
 from panda.bus import setup_bus
+from panda.config import IPNetwork
 from panda.errors import RateLimited
 from panda.passwords import hash_password_async, password_problem, verify_password_async
 from panda.ratelimit import get_limiter
@@ -54,23 +57,35 @@ async def _dummy_password_hash() -> str:
     return _dummy_hash
 
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1"})
-
-
 def client_ip(request: web.Request) -> str:
     """The client's address for throttling.
 
-    Behind a reverse proxy on the same machine (the peer is loopback), the proxy's own entry in
-    X-Forwarded-For (the last one) names the client; earlier entries are client-supplied and
-    ignored. Otherwise the peer address itself.
+    X-Forwarded-For is read right to left while the hop that added an entry is a trusted proxy
+    (PANDA_TRUSTED_PROXIES, by default a proxy on this machine); the first entry added by an
+    untrusted hop names the client. Entries further left are client-supplied and ignored.
     """
     peer = request.remote or "unknown"
-    if peer in _LOOPBACK:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        last = forwarded.rsplit(",", 1)[-1].strip()
-        if last and len(last) <= 64 and all(c in "0123456789abcdefABCDEF.:" for c in last):
-            return last
-    return peer
+    trusted = request.app[keys.settings].trusted_proxies
+    hops = request.headers.get("X-Forwarded-For", "").split(",")
+    current = peer
+    while _is_trusted(current, trusted) and hops:
+        entry = hops.pop().strip()
+        if not entry or len(entry) > 64:
+            break
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            break
+        current = entry
+    return current
+
+
+def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def _redirect(location: str, headers: dict[str, str] | None = None) -> web.HTTPSeeOther:
