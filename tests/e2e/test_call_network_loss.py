@@ -1,5 +1,6 @@
 """Network loss: one participant's traffic is blocked for 10 s, then allowed again; media must
-come back on both sides within seconds, without a reload (issue #6).
+come back on both sides within 3 s, without a reload (issue #6). A 3 s outage, which the
+connection usually survives, must heal as fast.
 
 Everything runs in network namespaces this test creates (`unshare -n`), never on the host's
 network. The hub namespace holds the server and the tutor's Chromium; the student's Chromium
@@ -29,9 +30,9 @@ HUB_ADDR = "10.77.1.1"
 LEAF_ADDR = "10.77.1.2"
 HUB_IF = "ploss0"
 LEAF_IF = "ploss1"
-OUTAGE_SECONDS = float(os.environ.get("PANDA_TEST_OUTAGE", "10"))
+OUTAGE_SECONDS = 10.0
 # Issue #6: media on both sides resumes within 3 s of the network returning.
-RECOVERY_LIMIT = float(os.environ.get("PANDA_TEST_RECOVERY_LIMIT", "3.0"))
+RECOVERY_LIMIT = 3.0
 
 # Per page: a counter for each inbound stream that only grows; keys name the peer connection
 # too, so a replacement connection (whose counters restart at 0) counts as new streams.
@@ -172,7 +173,7 @@ async def _measure_recovery(
     return found
 
 
-async def _inside_hub() -> dict[str, Any]:
+async def _inside_hub(outage: float) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     from tests.conftest import LiveServer
@@ -219,7 +220,7 @@ async def _inside_hub() -> dict[str, Any]:
                 blocked_at = time.monotonic()
                 await asyncio.sleep(1.0)
                 during = {name: await _progress(page) for name, page in pages.items()}
-                await asyncio.sleep(OUTAGE_SECONDS - (time.monotonic() - blocked_at))
+                await asyncio.sleep(outage - (time.monotonic() - blocked_at))
                 end = {name: await _progress(page) for name, page in pages.items()}
                 result["grew_during_outage"] = {
                     name: _grew(during[name]["video"], end[name]["video"], 5)
@@ -259,11 +260,12 @@ def _can_run() -> bool:
     return probe.returncode == 0
 
 
-def run_outage() -> dict[str, Any]:
-    """One outage in fresh namespaces; returns the measured recovery figures."""
+def run_outage(seconds: float = OUTAGE_SECONDS) -> dict[str, Any]:
+    """One outage of ``seconds`` in fresh namespaces; returns the measured recovery figures."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "tests.e2e.test_call_network_loss"],
+        ["unshare", "-n", sys.executable, "-m", "tests.e2e.test_call_network_loss", "run",
+         str(seconds)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -274,12 +276,11 @@ def run_outage() -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not _can_run(), reason="needs unshare, nsenter and nft (network namespaces)")
-def test_media_resumes_on_both_sides_after_a_10_s_outage() -> None:
-    result = run_outage()
+def _check(result: dict[str, Any], outage: float) -> None:
     recovery = result["recovery"]
-    print("recovery after the outage (s):", json.dumps(recovery), "load:", result["load"])
-    assert result["outage"] >= OUTAGE_SECONDS, result
+    print(f"media back after a {outage:.0f} s outage (s):", json.dumps(recovery),
+          "peer connections:", result["peer_connections"], "load:", result["load"])
+    assert result["outage"] >= outage, result
     assert not any(result["grew_during_outage"].values()), result
     missing = [k for k, v in recovery.items() if v is None]
     assert not missing, f"no media for {missing}: {json.dumps(result)[:6000]}"
@@ -289,14 +290,34 @@ def test_media_resumes_on_both_sides_after_a_10_s_outage() -> None:
     assert result["states"] == {"student": "connected", "tutor": "connected"}, result
 
 
+needs_namespaces = pytest.mark.skipif(
+    not _can_run(), reason="needs unshare, nsenter and nft (network namespaces)"
+)
+
+
+@needs_namespaces
+def test_media_resumes_on_both_sides_after_a_10_s_outage() -> None:
+    """Issue #6. The server drops the silent participant meanwhile; the page rejoins."""
+    _check(run_outage(OUTAGE_SECONDS), OUTAGE_SECONDS)
+
+
+@needs_namespaces
+def test_pictures_come_back_after_a_short_outage() -> None:
+    """Usually the connection survives 3 s: the relay must then repair the pictures itself
+    (packets lost mid-frame once held every later frame back for seconds)."""
+    _check(run_outage(3.0), 3.0)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "repeat":
+    # python -m tests.e2e.test_call_network_loss repeat N [SECONDS]: figures for N outages.
+    if sys.argv[1] == "repeat":
+        seconds = float(sys.argv[3]) if len(sys.argv) > 3 else OUTAGE_SECONDS
         times = []
         for _ in range(int(sys.argv[2])):
-            figures = run_outage()
+            figures = run_outage(seconds)
             times.append(max(v or 99.0 for v in figures["recovery"].values()))
             print(json.dumps(figures["recovery"]), figures["peer_connections"], figures["load"],
                   flush=True)
         print("median", statistics.median(times), "max", max(times))
     else:
-        print(json.dumps(asyncio.run(_inside_hub())))
+        print(json.dumps(asyncio.run(_inside_hub(float(sys.argv[2])))))
