@@ -432,6 +432,7 @@ class RelayJitterBuffer(JitterBuffer):
         self.max_gap_wait = max_gap_wait
         self._clock = clock
         self._gap_since: float | None = None
+        self._gap_seq: int | None = None  # the missing packet _gap_since is about
         self._max_seq: int | None = None
         self.ready: deque[JitterFrame] = deque()
         self.on_loss: Callable[[], None] | None = None
@@ -486,9 +487,12 @@ class RelayJitterBuffer(JitterBuffer):
         if hole is None:
             self._gap_since = None
             return False
+        assert self._origin is not None
         now = self._clock()
-        if self._gap_since is None:
-            self._gap_since = now
+        hole_seq = uint16_add(self._origin, hole[0])
+        if self._gap_since is None or hole_seq != self._gap_seq:
+            # A new hole (or the previous one was filled): its retransmission gets its time.
+            self._gap_since, self._gap_seq = now, hole_seq
             return False
         if now - self._gap_since < self.max_gap_wait:
             return False

@@ -331,6 +331,23 @@ def test_video_buffer_gives_up_a_packet_lost_mid_frame_and_releases_what_waited(
     assert frame is not None and frame.data == b"e" and losses == [1]
 
 
+def test_video_buffer_gives_each_hole_its_own_wait() -> None:
+    now = [0.0]
+    buffer = aiortc_patches.RelayJitterBuffer("video", max_gap_wait=0.5, clock=lambda: now[0])
+    assert buffer.add(_rtp(1, 3000, b"a", marker=1))[1] is not None
+    assert buffer.add(_rtp(3, 6000, b"c", marker=1)) == (False, None)  # 2 missing
+    now[0] = 0.4
+    assert buffer.add(_rtp(5, 9000, b"e", marker=1)) == (False, None)  # 4 missing too
+    frame = buffer.add(_rtp(2, 6000, b"b"))[1]  # 2 retransmitted: frame 6000 is whole
+    assert frame is not None and frame.data == b"bc"
+    now[0] = 0.6  # 0.6 s after the first hole, 0.2 s after the second one was seen
+    assert buffer.add(_rtp(6, 12000, b"f", marker=1)) == (False, None)
+    assert buffer.gaps_skipped == 0
+    now[0] = 1.2
+    frame = buffer.add(_rtp(7, 15000, b"g", marker=1))[1]
+    assert buffer.gaps_skipped == 1 and frame is not None
+
+
 def test_video_buffer_without_a_hole_never_waits() -> None:
     buffer = aiortc_patches.RelayJitterBuffer("video", max_gap_wait=0.0)
     buffer.on_loss = lambda: pytest.fail("nothing was lost")
