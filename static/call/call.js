@@ -14,7 +14,10 @@ const SOCKET_OPEN_TIMEOUT_MS = 3000; // a socket not open this long is tried aga
 const CHECK_TIMEOUT_MS = 1500; // the room check before reconnecting
 const SILENT_RETRY_MS = 500; // retry after a timeout (not backed off: nothing reached the server)
 const SILENT_MAX_FACTOR = 4; // the three timeouts double with each one in a row (a slow server), up to this
-const MEDIA_STALL_MS = 8000; // connected, others publishing, nothing received this long => new peer connection
+// Connected, others publishing, nothing received this long => new peer connection. Longer than
+// the server takes to drop a participant whose network died (5 s heartbeat + 2.5 s), so that
+// the others do not start over because of someone else's outage.
+const MEDIA_STALL_MS = 12000;
 const STATUS_TEXT = {
   idle: "Ready to join",
   waiting: "Not open yet",
@@ -356,6 +359,7 @@ class CallPage {
         return;
       case "participant-joined":
         this.participants.set(msg.participant_id, msg);
+        this.stats.expectMedia();
         this.toast(`${msg.name} joined`);
         this.renderRemote();
         return;
@@ -368,6 +372,9 @@ class CallPage {
       }
       case "participant-state": {
         const who = this.participants.get(msg.participant_id);
+        if (who && msg.connection === "connected" && who.connection !== "connected") {
+          this.stats.expectMedia();
+        }
         if (who) who.connection = msg.connection;
         return;
       }
