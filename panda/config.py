@@ -149,6 +149,29 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _node_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("PANDA_NODE_URL", "").strip().rstrip("/")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        valid_port = parts.port is None or parts.port > 0
+    except ValueError:
+        valid_port = False
+    if (
+        parts.scheme not in {"http", "https"}
+        or not parts.hostname
+        or not valid_port
+        or parts.path
+        or parts.query
+    ):
+        raise ConfigError(
+            "PANDA_NODE_URL must be an http(s) address without a path, like "
+            f"https://tutor.example.org:8443, not {raw!r}"
+        )
+    return raw
+
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A reverse proxy on the same machine is trusted to say who the client is; nothing else is.
 DEFAULT_TRUSTED_PROXIES: tuple[IPNetwork, ...] = (
@@ -208,12 +231,31 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_PROXIES
     workers: int = 1
     worker_index: int = 0
+    # PANDA_NODE_URL as configured (worker 0's direct address); see `node_url`.
+    node_url_base: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def production(self) -> bool:
         """True when running with PANDA_ENV=production."""
         return self.env == "production"
+
+    @property
+    def node_url(self) -> str:
+        """This process's own address, as browsers reach it directly (call redirects).
+
+        PANDA_NODE_URL names worker 0; worker i is at its port + i. Without it: the host of
+        PANDA_BASE_URL on this process's own port.
+        """
+        parts = urlsplit(self.node_url_base or self.base_url)
+        host = parts.hostname or self.host
+        if ":" in host:
+            host = f"[{host}]"
+        if self.node_url_base:
+            port = (parts.port or (443 if parts.scheme == "https" else 80)) + self.worker_index
+        else:
+            port = self.port
+        return f"{parts.scheme}://{host}:{port}"
 
     @property
     def secure_cookies(self) -> bool:
@@ -302,7 +344,14 @@ class Settings:
             "relay_path": relay_path,
             "trusted_proxies": _networks(env, "PANDA_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES),
             "workers": _int(env, "PANDA_WORKERS", 1, 1, 64) or 1,
+            "node_url_base": _node_url(env),
         }
+        node_host = urlsplit(values["node_url_base"] or base_url).hostname
+        if node_host != parts.hostname:
+            # The login cookie is bound to the host name: a call page could not follow.
+            raise ConfigError(
+                f"PANDA_NODE_URL must use the host name of PANDA_BASE_URL ({parts.hostname})"
+            )
         if production and not env.get("PANDA_SECRET_KEY", "").strip():
             raise ConfigError("PANDA_SECRET_KEY is required when PANDA_ENV=production")
         try:

@@ -215,8 +215,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if any(part in path for part in _TIMING_SENSITIVE) or item.name.startswith(
             "test_periodic_work_runs_in_one_process"
         ):
-            # Known race (see the live websocket's watch handling): events of a conversation
-            # arriving between reconnect and `watch` can overtake the database fill. Until it is
-            # fixed in panda/web/live.py this test gets more tries.
-            reruns = 4 if "resumes_exactly_once" in item.name else 1
-            item.add_marker(pytest.mark.flaky(reruns=reruns, reruns_delay=2))
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))

@@ -120,6 +120,10 @@ def test_database_url_spellings(tmp_path: Path, given: str, expected: str) -> No
         ("PANDA_ICE_PUBLIC_IP", "my.host.example"),
         ("PANDA_RELAY_PATH", "transcode"),
         ("PANDA_WORKERS", "0"),
+        ("PANDA_NODE_URL", "tutor.example.org:8443"),
+        ("PANDA_NODE_URL", "https://tutor.example.org:8443/ws"),
+        ("PANDA_NODE_URL", "https://tutor.example.org:99999"),
+        ("PANDA_NODE_URL", "http://elsewhere.example.org:8080"),
         ("PANDA_SECRET_KEY", "too-short"),
     ],
 )
@@ -191,3 +195,29 @@ def test_explicit_secret_key_wins_and_writes_nothing(tmp_path: Path) -> None:
     settings = Settings.from_env(env_for(tmp_path, PANDA_SECRET_KEY=GOOD_SECRET))
     assert settings.secret_key == GOOD_SECRET
     assert not (settings.data_dir / "secret_key").exists()
+
+
+def test_each_process_has_its_own_address(tmp_path: Path) -> None:
+    plain = Settings.from_env(env_for(tmp_path, PANDA_PORT="9000"))
+    assert plain.node_url == "http://127.0.0.1:9000"
+    behind_proxy = Settings.from_env(
+        env_for(tmp_path, PANDA_BASE_URL="https://tutor.example.org", PANDA_PORT="8080")
+    )
+    # Worker 2 of `panda serve` runs with its own port.
+    assert behind_proxy.with_(port=8082, worker_index=2).node_url == (
+        "https://tutor.example.org:8082"
+    )
+    configured = Settings.from_env(
+        env_for(
+            tmp_path,
+            PANDA_BASE_URL="https://tutor.example.org",
+            PANDA_NODE_URL="https://tutor.example.org:8443/",
+            PANDA_WORKERS="4",
+        )
+    )
+    assert configured.node_url == "https://tutor.example.org:8443"
+    assert configured.with_(worker_index=3).node_url == "https://tutor.example.org:8446"
+    no_port = Settings.from_env(
+        env_for(tmp_path, PANDA_BASE_URL="http://[::1]:8080", PANDA_NODE_URL="https://[::1]")
+    )
+    assert no_port.node_url == "https://[::1]:443"

@@ -25,7 +25,7 @@ from panda.store.accounts import (
 )
 from panda.store.models import User
 from panda.store.users import create_user, get_user_by_email, normalise_email
-from panda.web import account_mail
+from panda.web import account_mail, ws_sessions
 from panda.web.auth import current_user, end_other_sessions, flash, login_user, logout_user
 from panda.web.forms import read_form, safe_next
 from panda.web.render import render
@@ -277,9 +277,12 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     """End the session on the server and in the browser."""
+    user, sid = current_user(request), request.get(keys.session_id)
     async with request.app[keys.sessionmaker]() as db:
         await logout_user(request, db)
         await db.commit()
+    if user is not None and sid:
+        await ws_sessions.end_sessions(request.app, user.id, sid=sid)
     flash(request, "You are logged out.")
     raise _redirect("/")
 
@@ -388,6 +391,7 @@ async def _token_submit(
         if purpose == "invite" and keep is None:
             await login_user(request, db, user)
         await db.commit()
+    await ws_sessions.end_sessions(request.app, user.id, keep=keep)
     await ratelimit.clear(get_limiter(request.app), ratelimit.LOGIN_PER_ACCOUNT, user.email)
     return user, None
 

@@ -18,6 +18,7 @@ const SILENT_MAX_FACTOR = 4; // the three timeouts double with each one in a row
 // the server takes to drop a participant whose network died (5 s heartbeat + 2.5 s), so that
 // the others do not start over because of someone else's outage.
 const MEDIA_STALL_MS = 12000;
+const MAX_REDIRECTS = 3; // redirects in a row without a join => back off and ask this server again
 const STATUS_TEXT = {
   idle: "Ready to join",
   waiting: "Not open yet",
@@ -33,6 +34,8 @@ class CallPage {
     this.root = root;
     this.sessionId = root.dataset.sessionId;
     this.wsPath = root.dataset.wsPath;
+    this.redirectUrl = null; // the signalling socket of the server process holding the room
+    this.redirects = 0;
     this.otherName = root.dataset.otherName;
     this.opensAt = new Date(root.dataset.opensAt);
     try {
@@ -228,7 +231,7 @@ class CallPage {
   openSocket() {
     clearTimeout(this.timers.reconnect);
     if (this.sig) this.sig.close();
-    const sig = new Signalling(socketUrl(this.wsPath));
+    const sig = new Signalling(this.redirectUrl || socketUrl(this.wsPath));
     this.sig = sig;
     this.stats.field("signalling", "connecting");
     sig.addEventListener("open", () => {
@@ -269,6 +272,7 @@ class CallPage {
     this.stats.field("signalling", "no answer");
     if (this.sig) this.sig.close();
     this.sig = null;
+    this.redirectUrl = null; // start again at this page's own server, as after a close
     if (this.peer) this.peer.detach();
     this.applyState("reconnecting");
     this.banner("Connection lost. Reconnecting…");
@@ -280,14 +284,31 @@ class CallPage {
     clearTimeout(this.timers.joinReply);
     clearTimeout(this.timers.socketOpen);
     this.stats.field("signalling", `closed (${code})`);
+    // Reconnects start at this page's own server, which knows where the room lives now
+    // (the process we were sent to may be the one that went away).
+    this.redirectUrl = null;
     if (this.leaving || this.state === "ended" || this.state === "failed") return;
     if (code === 4001) return this.finish("replaced");
+    if (code === 4005) {
+      // The login session ended (logged out elsewhere, password changed): rejoining needs a login.
+      this.finish("ended");
+      window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
+      return;
+    }
     if (code === 4002) return this.finish("ended");
     if (code === 4003) return this.backToWaiting();
+    if (code === 4004) {
+      // Redirected: the redirect message (queued before this close) opens the next socket.
+      clearTimeout(this.timers.reconnect);
+      this.timers.reconnect = setTimeout(() => this.scheduleReconnect(), 2000);
+      return;
+    }
     this.scheduleReconnect();
   }
 
   scheduleReconnect() {
+    clearTimeout(this.timers.joinReply);
+    clearTimeout(this.timers.socketOpen);
     if (this.peer) this.peer.detach();
     this.applyState("reconnecting");
     this.banner("Connection lost. Reconnecting…");
@@ -401,6 +422,7 @@ class CallPage {
     clearTimeout(this.timers.joinReply);
     this.silent = 0;
     this.participantId = msg.participant_id;
+    this.redirects = 0;
     const indicator = document.querySelector("[data-recording-indicator]");
     if (indicator && indicator.hidden === Boolean(msg.recording)) {
       // The recording started or stopped while we were away (reconnect).
@@ -488,11 +510,25 @@ class CallPage {
   }
 
   onRedirect(msg) {
-    // Reserved for scale-out: another node owns this room. Only same-site paths are followed.
-    if (typeof msg.path === "string" && msg.path.startsWith("/ws/") && !msg.path.startsWith("//")) {
-      this.wsPath = msg.path;
-      this.openSocket();
+    // Another server process holds this room: talk to its signalling socket instead. Only this
+    // call's socket on this site's host (any port) is followed.
+    if (this.leaving || this.state === "ended" || this.state === "failed") return;
+    let url;
+    try {
+      url = new URL(msg.url);
+    } catch {
+      return;
     }
+    const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+    if (url.protocol !== scheme || url.hostname !== window.location.hostname || url.pathname !== this.wsPath) return;
+    this.redirects += 1;
+    if (this.redirects > MAX_REDIRECTS) {
+      this.redirects = 0;
+      this.sig.close();
+      return this.scheduleReconnect();
+    }
+    this.redirectUrl = url.href;
+    this.openSocket();
   }
 
   async onError(msg) {
