@@ -224,6 +224,7 @@ class Settings:
     ice_loopback: bool = False
     ice_servers: tuple[dict[str, Any], ...] = ()
     ice_tcp_port: int | None = None
+    ice_tcp_advertised_port: int | None = None
     ice_public_ip: str | None = None
     ice_udp_ports: tuple[int, int] | None = None
     relay_path: str = "frame"
@@ -311,6 +312,13 @@ class Settings:
                 raise ConfigError(
                     f"PANDA_ICE_PUBLIC_IP must be an IP address, not {public_ip!r}"
                 ) from None
+        ice_tcp_port = _int(env, "PANDA_ICE_TCP_PORT", None, 1, 65535)
+        advertised = _int(env, "PANDA_ICE_TCP_ADVERTISED_PORT", None, 1, 65535)
+        if advertised is not None and ice_tcp_port is None:
+            raise ConfigError(
+                "PANDA_ICE_TCP_ADVERTISED_PORT is the port a TCP proxy forwards to "
+                "PANDA_ICE_TCP_PORT: set PANDA_ICE_TCP_PORT too"
+            )
         # Everything is validated before anything is written to disk.
         values: dict[str, Any] = {
             "base_url": base_url,
@@ -329,7 +337,8 @@ class Settings:
             "mail_outbox": Path(outbox).expanduser().resolve() if outbox else None,
             "ice_loopback": _bool(env, "PANDA_ICE_LOOPBACK", False),
             "ice_servers": _ice_servers(env, "PANDA_ICE_SERVERS"),
-            "ice_tcp_port": _int(env, "PANDA_ICE_TCP_PORT", None, 1, 65535),
+            "ice_tcp_port": ice_tcp_port,
+            "ice_tcp_advertised_port": advertised,
             "ice_public_ip": public_ip,
             "ice_udp_ports": _port_range(env, "PANDA_ICE_UDP_PORTS"),
             "relay_path": relay_path,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what the test suite needs from Debian when it is missing: Chromium and Firefox (browser
 # tests), PostgreSQL server binaries and Redis server (the tests start private instances of both),
-# nginx with its stream module (the ICE-TCP-behind-port-443 layout test) and a font for
-# screenshots. Nothing is installed when everything is there already.
+# nginx with its stream module (the ICE-TCP-behind-port-443 layout test), nftables (the
+# network-loss call test drops packets inside its own namespaces) and a font for screenshots.
+# Nothing is installed when everything is there already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +19,6 @@ fi
 command -v timeout >/dev/null 2>&1 || need+=(coreutils)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
 ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libnginx-mod-stream)
+{ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ]; } || need+=(nftables)
 
 bash scripts/apt-install.sh "${need[@]}"

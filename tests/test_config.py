@@ -114,6 +114,9 @@ def test_database_url_spellings(tmp_path: Path, given: str, expected: str) -> No
         ("PANDA_ICE_UDP_PORTS", "50000"),
         ("PANDA_ICE_UDP_PORTS", "60000-50000"),
         ("PANDA_ICE_TCP_PORT", "-1"),
+        ("PANDA_ICE_TCP_ADVERTISED_PORT", "https"),
+        ("PANDA_ICE_TCP_ADVERTISED_PORT", "443"),  # without PANDA_ICE_TCP_PORT
+        ("PANDA_ICE_PUBLIC_IP", "203.0.113"),
         ("PANDA_ICE_PUBLIC_IP", "my.host.example"),
         ("PANDA_RELAY_PATH", "transcode"),
         ("PANDA_WORKERS", "0"),
@@ -127,6 +130,18 @@ def test_database_url_spellings(tmp_path: Path, given: str, expected: str) -> No
 def test_bad_values_fail_naming_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(env_for(tmp_path, **{name: value}))
+
+
+def test_ice_tcp_behind_a_proxy_advertises_the_proxy_port(tmp_path: Path) -> None:
+    from panda.media.ice_tcp import IceTcpListener
+
+    settings = Settings.from_env(env_for(
+        tmp_path, PANDA_ICE_TCP_PORT="3478", PANDA_ICE_TCP_ADVERTISED_PORT="443"))
+    assert (settings.ice_tcp_port, settings.ice_tcp_advertised_port) == (3478, 443)
+    listener = IceTcpListener.from_settings(settings)
+    assert listener is not None and listener.advertised_port == 443
+    plain = Settings.from_env(env_for(tmp_path, PANDA_ICE_TCP_PORT="3478"))
+    assert plain.ice_tcp_advertised_port is None
 
 
 def test_nothing_is_written_when_a_value_is_bad(tmp_path: Path) -> None:

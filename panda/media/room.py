@@ -195,6 +195,7 @@ class Participant:
         self.closed = False
         self.offers_sent = 0
         self.answers_sent = 0
+        self.video_mimes: tuple[str, ...] | None = None  # what its offers support, if known
 
     # ------------------------------------------------------------------ public
 
@@ -336,6 +337,7 @@ class Participant:
         ended = list(self._publications.values())
         for pub in ended:
             pub.tap.on_frame = None
+            pub.tap.on_loss = None
             pub.fanout.end()
         self._publications.clear()
         for sub in [*self._subscriptions.values(), *self._retired]:
@@ -389,8 +391,11 @@ class Participant:
 
     # ------------------------------------------------------------------ browser offer
 
-    def _check_offer(self, description: aiortc_sdp.SessionDescription) -> str | None:
-        """Validate an offer against the current session; returns the video codec it implies."""
+    def _check_offer(
+        self, description: aiortc_sdp.SessionDescription
+    ) -> tuple[str | None, tuple[str, ...] | None]:
+        """Validate an offer against the current session; returns the room's video codec it
+        implies and the relay video codecs the offer supports (None: it offers no video)."""
         local = self.pc.localDescription
         if local is not None:
             current = aiortc_sdp.SessionDescription.parse(local.sdp)
@@ -400,7 +405,7 @@ class Participant:
                 raise _sdp_error("an offer must keep the existing media sections in order")
         # The server's own m-lines were offered with the room's codecs already.
         sub_mids = {t.mid for t in self._sub_transceivers if t.mid is not None}
-        video_mime = self.room.video_mime
+        offered: tuple[str, ...] | None = None
         # Port 0 marks a rejected section, except for sections still in the BUNDLE group:
         # Firefox offers every section after the first as port 0 + a=bundle-only (RFC 8843).
         bundled = {
@@ -419,17 +424,20 @@ class Participant:
                 if AUDIO_MIME not in mimes:
                     raise SignalError("no-common-codec", "audio must support Opus")
                 continue
-            if video_mime is None:
-                video_mime = next((m for m in VIDEO_MIMES if m in mimes), None)
-                if video_mime is None:
-                    raise SignalError("no-common-codec", "video must support VP8 or H.264")
-            elif video_mime not in mimes:
-                raise SignalError(
-                    "no-common-codec",
-                    f"this call uses {video_mime.split('/')[1].upper()} video, "
-                    "which this browser does not offer",
-                )
-        return video_mime
+            supported = tuple(m for m in VIDEO_MIMES if m in mimes)
+            if not supported:
+                raise SignalError("no-common-codec", "video must support VP8 or H.264")
+            offered = supported if offered is None else tuple(m for m in offered if m in supported)
+        if offered is None:
+            return self.room.video_mime, None
+        video_mime = self.room.choose_video_mime(self, offered)
+        if video_mime not in offered:
+            raise SignalError(
+                "no-common-codec",
+                f"this call uses {video_mime.split('/')[1].upper()} video, "
+                "which this browser does not offer",
+            )
+        return video_mime, offered
 
     async def _handle_offer(self, msg: dict[str, Any]) -> None:
         sources = msg.get("sources") or {}
@@ -446,7 +454,11 @@ class Participant:
                 raise SignalError("closed", "this connection is closed; join again")
             if self.pc.signalingState != "stable":
                 raise SignalError("glare", "the server's offer is outstanding: answer it first")
-            video_mime = self._check_offer(description)
+            video_mime, offered = self._check_offer(description)
+            if offered is not None:
+                # Decided before any await: a concurrent offer sees this choice.
+                self.video_mimes = offered
+                self.room.video_mime = video_mime
             self._learn_remote(description)
             try:
                 await self.pc.setRemoteDescription(
@@ -454,8 +466,6 @@ class Participant:
                 )
             except Exception as exc:
                 await self._fail_after_bad_description(exc)
-            if video_mime is not None and self.room.video_mime is None:
-                self.room.video_mime = video_mime
             changed = self._apply_publications(sources)
             try:
                 answer = await self.pc.createAnswer()
@@ -528,9 +538,12 @@ class Participant:
         tap = self._taps.get(transceiver) or aiortc_patches.tap_receiver(transceiver.receiver)
         self._taps[transceiver] = tap
 
-        def request_keyframe() -> None:
-            if not self.closed:
-                self._spawn(tap.request_keyframe())
+        def request_keyframe() -> bool:
+            # A PLI before the connection is up would be dropped unseen: report it unsent.
+            if self.closed or not tap.can_send_feedback:
+                return False
+            self._spawn(tap.request_keyframe())
+            return True
 
         def on_bitrate_limit(limit: int | None) -> None:
             tap.bitrate_limit = limit
@@ -549,6 +562,7 @@ class Participant:
             self, transceiver.mid, transceiver.kind, source, codec, transceiver, tap, fanout
         )
         tap.on_frame = pub.on_frame
+        tap.on_loss = fanout.lost
         if self._relay is not None:
             self._relay.publish(pub)
         self._publications[pub.mid] = pub
@@ -559,6 +573,7 @@ class Participant:
         if self._publications.get(pub.mid) is pub:
             del self._publications[pub.mid]
         pub.tap.on_frame = None
+        pub.tap.on_loss = None
         pub.tap.bitrate_limit = None
         pub.fanout.end()
         self.room._forget_sinks(pub)
@@ -922,6 +937,26 @@ class Room:
     def _publications_changed(self, source: Participant) -> None:
         for participant in list(self._participants.values()):
             participant.schedule_renegotiation()
+
+    def choose_video_mime(self, offerer: Participant, offered: tuple[str, ...]) -> str:
+        """The room's video codec for an offer supporting ``offered``.
+
+        Fixed while anyone publishes video (subscribers were negotiated with it). Otherwise
+        VP8 when every participant whose codecs are known (from their offers) supports it,
+        else H.264 when they all do, else the offerer's preference (someone will get
+        ``no-common-codec`` when publishing).
+        """
+        if self.video_mime is not None and any(
+            pub.kind == "video" for pub in self._all_publications()
+        ):
+            return self.video_mime
+        known = [p.video_mimes for p in self._participants.values()
+                 if p is not offerer and p.video_mimes is not None]
+        known.append(offered)
+        for mime in VIDEO_MIMES:
+            if all(mime in mimes for mimes in known):
+                return mime
+        return offered[0]
 
     def codec_preferences(
         self, kind: str, codec: RTCRtpCodecParameters

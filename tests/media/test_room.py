@@ -332,6 +332,32 @@ async def test_no_common_codec_is_a_clear_error(
         await close_all(alice, carol)
 
 
+async def test_room_codec_is_chosen_for_everyone_while_nobody_publishes_video(
+    registry: RoomRegistry, vp8: EncodedMedia, h264: EncodedMedia, opus: EncodedMedia
+) -> None:
+    """VP8 when every participant can do it, H.264 otherwise; fixed only once video flows."""
+    room = registry.get_or_create("codec-choice")
+    alice = Client("alice", video=None, audio=None)  # VP8 and H.264, receives only
+    carol = Client("carol", video=h264, audio=opus, video_codecs=("video/h264",))
+    dave = Client("dave", video=vp8, audio=opus)
+    try:
+        await alice.join(room)
+        await alice.receive_only()
+        assert room.video_mime == "video/vp8"  # alice alone: VP8
+        await carol.join(room)
+        await carol.publish()  # nobody publishes video yet: the room moves to H.264 for carol
+        assert room.video_mime == "video/h264"
+        await wait_for(lambda: len(alice.frames_from("carol", "video")) >= 5, what="h264 at alice")
+        await carol.close()
+        await room.leave("carol")
+        await dave.join(room)
+        await dave.publish()  # carol left: VP8 suits everyone again
+        assert room.video_mime == "video/vp8"
+        await wait_for(lambda: len(alice.frames_from("dave", "video")) >= 5, what="vp8 at alice")
+    finally:
+        await close_all(alice, carol, dave)
+
+
 async def test_h264_room_when_a_participant_cannot_do_vp8(
     registry: RoomRegistry, h264: EncodedMedia, opus: EncodedMedia
 ) -> None:
