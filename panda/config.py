@@ -227,7 +227,7 @@ class Settings:
     ice_tcp_advertised_port: int | None = None
     ice_public_ip: str | None = None
     ice_udp_ports: tuple[int, int] | None = None
-    relay_path: str = "frame"
+    relay_path: str = "packet"
     trusted_proxies: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_PROXIES
     workers: int = 1
     worker_index: int = 0
@@ -301,7 +301,7 @@ class Settings:
         if parts.scheme not in {"http", "https"} or not parts.netloc:
             raise ConfigError(f"PANDA_BASE_URL must be an http(s) URL, not {base_url!r}")
         outbox = env.get("PANDA_MAIL_OUTBOX", "").strip()
-        relay_path = env.get("PANDA_RELAY_PATH", "").strip() or "frame"
+        relay_path = env.get("PANDA_RELAY_PATH", "").strip() or "packet"
         if relay_path not in {"frame", "packet"}:
             raise ConfigError(f"PANDA_RELAY_PATH must be frame or packet, not {relay_path!r}")
         public_ip = env.get("PANDA_ICE_PUBLIC_IP", "").strip() or None

@@ -56,7 +56,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Pa
         base_url="http://127.0.0.1:8080",
         ice_loopback=True,
         # PANDA_RELAY_PATH=packet runs the browser call tests on the packet-level relay
-        relay_path=os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame",
+        relay_path=os.environ.get("PANDA_RELAY_PATH", "").strip() or "packet",
     )
 
 
@@ -123,7 +123,7 @@ class LiveServer:
             "PANDA_SECRET_KEY": TEST_SECRET,
             "PANDA_ICE_LOOPBACK": "1",
             # the relay path under test is the one setting passed on (see `settings`)
-            "PANDA_RELAY_PATH": os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame",
+            "PANDA_RELAY_PATH": os.environ.get("PANDA_RELAY_PATH", "").strip() or "packet",
             "PYTHONPATH": str(ROOT),
             **env,
         }

@@ -34,7 +34,7 @@ class MediaConfig:
     ice_tcp_port: int | None = None
     ice_public_ip: str | None = None
     ice_udp_ports: tuple[int, int] | None = None
-    relay_path: str = "frame"
+    relay_path: str = "packet"
 
     def __post_init__(self) -> None:
         for server in self.ice_servers:
@@ -97,7 +97,7 @@ def media_config_from_env(env: Mapping[str, str] | None = None) -> MediaConfig:
         ice_tcp_port=int(tcp_raw) if tcp_raw else None,
         ice_public_ip=env.get("PANDA_ICE_PUBLIC_IP", "").strip() or None,
         ice_udp_ports=udp_ports,
-        relay_path=env.get("PANDA_RELAY_PATH", "frame").strip() or "frame",
+        relay_path=env.get("PANDA_RELAY_PATH", "packet").strip() or "packet",
     )
 
 

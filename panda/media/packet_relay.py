@@ -46,6 +46,10 @@ DROPPED_EXTENSIONS = frozenset({
 # With no aiortc bandwidth estimator on this path, the relay tells a publisher this much
 # (capped by the subscribers' own estimates), every REMB_INTERVAL seconds.
 UNCAPPED_BITRATE = 3_000_000
+# A jump this far ahead in a video publication's sequence numbers is a loss NACK cannot repair
+# in time (an outage: the publisher kept sending into the void); ask for a keyframe at once
+# instead of letting every subscriber find out through its own NACK and PLI timeouts.
+LOSS_JUMP = 64
 REMB_INTERVAL = 1.0
 FRAME_STEP = {"audio": 960, "video": 3000}  # timestamp step across a source change (20 ms, 1/30 s)
 
@@ -416,6 +420,9 @@ class PacketForwarder:
             if seq < top:
                 stats.cycles += 0x10000
             stats.max_seq = seq
+            if (seq - top) & 0xFFFF > LOSS_JUMP and self.is_video and rtx is None:
+                # Subscribers restart at the next keyframe (gapless from their view).
+                fanout.lost()
         if rtx is not None:
             data = unwrap_rtx(data, *rtx)
             if data is None:

@@ -25,7 +25,7 @@ def candidate_hosts(sdp: str) -> set[str]:
 def test_defaults_use_no_ice_servers() -> None:
     config = MediaConfig()
     assert rtc_configuration(config).iceServers == []  # never aiortc's public STUN default
-    assert not config.ice_loopback and config.relay_path == "frame"
+    assert not config.ice_loopback and config.relay_path == "packet"
 
 
 async def test_loopback_mode_gathers_127_0_0_1_only() -> None:
