@@ -103,9 +103,12 @@ admin: {{
             "janus.plugin.videoroom.jcfg": "general: {\n}\n"}
 
 
-def write_config(folder: Path) -> Path:
-    """Write the configuration and the plugin folders into ``folder``; the main file's path."""
-    libraries = find_libraries()
+def write_config(folder: Path, libraries: tuple[Path, Path] | None = None) -> Path:
+    """Write the configuration and the plugin folders into ``folder``; the main file's path.
+
+    ``libraries``: (videoroom plugin, WebSockets transport), found when not given.
+    """
+    libraries = libraries or find_libraries()
     if libraries is None:
         raise RuntimeError(f"janus libraries not found ({INSTALL_HINT})")
     plugin, transport = libraries
