@@ -197,9 +197,14 @@ def run_point(namespace: str, calls: int, seconds: float, profile: str,
                     "--calls", str(calls), "--seconds", str(seconds), "--profile", profile]),
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(gen_cpu))
             point = measure(srv.pid, gen, calls, seconds, rss_idle, server_cpu, gen_cpu)
-            point["janus_errors"] = sum(1 for line in log.read_text().splitlines()
-                                          if line.startswith("[ERR]"))
+            errors = [line for line in log.read_text().splitlines() if line.startswith("[ERR]")]
+            point["janus_errors"] = len(errors)
+            point["janus_error_lines"] = errors[:5]
             return point
+        except Exception:
+            if log.exists():  # the temporary folder goes away: keep the log's tail
+                print(f"janus log tail:\n{log.read_text()[-3000:]}", file=sys.stderr)
+            raise
         finally:
             for proc in (gen, srv):
                 if proc is not None and proc.poll() is None:

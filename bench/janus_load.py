@@ -228,6 +228,10 @@ class JanusParticipant(relay_load.Participant):
         except Exception as exc:  # reported in the result, not fatal here
             self.errors.append(f"subscribe to {feed}: {exc!r}")
 
+    def describe(self) -> str:
+        sub = self.sub_pc.connectionState if self.sub_pc is not None else "none"
+        return f"{super().describe()} feeds={sorted(self._subscribed)} subscriber_pc={sub}"
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()

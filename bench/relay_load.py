@@ -284,6 +284,10 @@ class Participant:
         aiortc_patches.hook_sender(v.sender, on_keyframe_request=video_track.request_keyframe)
         return a, v
 
+    def describe(self) -> str:
+        """Where this participant stands, for an error message."""
+        return f"{self.counters.received} pc={self.pc.connectionState} errors={self.errors}"
+
     async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()
@@ -367,8 +371,7 @@ async def run(url: str, calls: int, seconds: float, profile: str, drain: float =
             deadline = time.monotonic() + 30 + 2 * calls
             while any(p.first_video_at is None for p in load.participants):
                 if time.monotonic() > deadline:
-                    state = {p.key: (p.counters.received, p.pc.connectionState, p.errors)
-                             for p in load.participants}
+                    state = {p.key: p.describe() for p in load.participants}
                     raise RuntimeError(f"not every participant received video in time: {state}")
                 await asyncio.sleep(0.05)
             setup_s = time.monotonic() - started
