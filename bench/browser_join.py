@@ -57,6 +57,7 @@ TRACE_JS = r"""
   window.WebSocket = class extends NativeWS {
     constructor(...args) {
       super(...args);
+      if (!("click" in t)) return;  // the page's other sockets, opened before the join
       mark("ws_created");
       this.addEventListener("open", () => mark("ws_open"));
       this.addEventListener("message", (event) => {
@@ -122,7 +123,7 @@ TRACE_JS = r"""
 """
 
 # Steps reported in the breakdown, in the order a join goes through them.
-STEPS = ("ws_open", "msg_join", "pc_created", "local_offer", "remote_answer", "remote_offer",
+STEPS = ("ws_created", "ws_open", "msg_join", "pc_created", "local_offer", "remote_answer", "remote_offer",
          "local_answer", "ice_gathering_complete", "ice_checking", "ice_connected",
          "pc_connected", "track_video",
          "first_video_packet", "first_frame_received", "first_decoded", "first_frame")
