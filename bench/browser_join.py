@@ -123,8 +123,8 @@ TRACE_JS = r"""
 """
 
 # Steps reported in the breakdown, in the order a join goes through them.
-STEPS = ("ws_created", "ws_open", "msg_join", "pc_created", "local_offer", "remote_answer", "remote_offer",
-         "local_answer", "ice_gathering_complete", "ice_checking", "ice_connected",
+STEPS = ("ws_created", "ws_open", "msg_join", "pc_created", "local_offer", "remote_answer",
+         "remote_offer", "local_answer", "ice_gathering_complete", "ice_checking", "ice_connected",
          "pc_connected", "track_video",
          "first_video_packet", "first_frame_received", "first_decoded", "first_frame")
 

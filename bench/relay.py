@@ -132,6 +132,10 @@ def make_point(calls: int, window_s: float, server_cpu_s: float, rss_idle_mb: fl
         "server_core_busy": round(server_cpu_s / window_s, 4) if window_s > 0 else None,
         "cpu_s_per_call_s": per_call_second,
         "calls_per_core": (1 / per_call_second) if per_call_second else None,
+        # a starved server forwards less and looks cheaper: scaled to what it delivered
+        "calls_per_core_delivered": (
+            load["video_delivery"] / per_call_second
+            if per_call_second and load.get("video_delivery") is not None else None),
         "generator_core_busy": generator_busy,
         "dropped": bool(generator_busy is not None and generator_busy > GENERATOR_BUSY_LIMIT),
         "delivery_ratio": load.get("video_delivery"),

@@ -153,6 +153,9 @@ def test_make_point_accounts_cpu_per_call_second() -> None:
     point = relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result())
     assert point["cpu_s_per_call_s"] == pytest.approx(0.05)
     assert point["calls_per_core"] == pytest.approx(20.0)
+    assert point["calls_per_core_delivered"] == pytest.approx(20.0 * 0.995)
+    assert relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result(video_delivery=None)
+                            )["calls_per_core_delivered"] is None
     assert point["server_core_busy"] == pytest.approx(0.2)
     assert point["generator_core_busy"] == pytest.approx(0.2)
     assert point["mem_mb_per_call"] == pytest.approx(4.0)
