@@ -35,6 +35,7 @@ ROOM_BASE = 1000
 ROOM_EXISTS = 427  # JANUS_VIDEOROOM_ERROR_ROOM_EXISTS
 ICE_ADDRESS = "192.0.2.1"
 REQUEST_TIMEOUT = 30.0
+CATCH_UP_S = 5.0  # after publishing, before asking the room who publishes
 
 
 class JanusError(RuntimeError):
@@ -210,6 +211,34 @@ class JanusParticipant(relay_load.Participant):
         await self.pc.setRemoteDescription(RTCSessionDescription(reply["jsep"]["sdp"], "answer"))
         self.answered.set()
         self._subscribe_to(feeds(plugin_data(joined)))
+        own = plugin_data(joined).get("id")
+        task = asyncio.ensure_future(self._catch_up(handle, own))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up(self, handle: int, own: Any) -> None:
+        """Subscribe to the peer from the room's list if no notification named it in time.
+
+        Insurance against a ``publishers`` event that never comes (seen once under heavy
+        load, cause not found): the call must not stall the whole measurement point.
+        """
+        janus = self.janus
+        assert janus is not None
+        while not self._subscribed:
+            await asyncio.sleep(CATCH_UP_S)
+            if self._subscribed:
+                return
+            try:
+                reply = await janus.message(handle, {"request": "listparticipants",
+                                                     "room": self.room})
+            except Exception as exc:  # reported in the result, not fatal here
+                self.errors.append(f"listparticipants: {exc!r}")
+                return
+            others = [int(p["id"]) for p in plugin_data(reply).get("participants", [])
+                      if p.get("publisher") and p.get("id") != own]
+            if others and not self._subscribed:
+                self.errors.append(f"no publishers event for {others}: subscribed from the list")
+                self._subscribe_to(others)
 
     async def _subscribe(self, feed: int) -> None:
         janus = self.janus

@@ -167,3 +167,43 @@ async def test_session_matches_replies_by_transaction_past_acks_and_events() -> 
             await session.close()
     finally:
         await runner.cleanup()
+
+
+class _FakeJanus:
+    """Answers listparticipants: first nobody publishes, then the peer (id 8) does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def message(self, handle: int, body: dict[str, Any],
+                      jsep: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert body == {"request": "listparticipants", "room": 1000}
+        self.calls += 1
+        peers = [{"id": 7, "publisher": True}]  # itself
+        if self.calls > 1:
+            peers.append({"id": 8, "publisher": True})
+        return {"janus": "success", "plugindata": {"data": {"participants": peers}}}
+
+
+async def test_catch_up_subscribes_from_the_room_list_when_no_event_came(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(janus_load, "CATCH_UP_S", 0.0)
+    participant = janus_load.JanusParticipant(janus_load.relay_load.Load(), 0, "a")
+    subscribed: list[int] = []
+
+    async def subscribe(feed: int) -> None:
+        subscribed.append(feed)
+
+    monkeypatch.setattr(participant, "_subscribe", subscribe)
+    participant.janus = _FakeJanus()  # type: ignore[assignment]
+    try:
+        await participant._catch_up(5, own=7)
+        await asyncio.gather(*participant._tasks)
+        assert subscribed == [8]
+        assert participant.errors and "subscribed from the list" in participant.errors[0]
+        # once subscribed (by an event or the list), nothing more is asked
+        calls = participant.janus.calls  # type: ignore[union-attr]
+        await participant._catch_up(5, own=7)
+        assert participant.janus.calls == calls  # type: ignore[union-attr]
+    finally:
+        await participant.pc.close()
