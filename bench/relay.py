@@ -32,6 +32,7 @@ from bench import janus as janus_bench  # noqa: E402
 
 GENERATOR_BUSY_LIMIT = 0.85
 CONTENDED = 0.15  # share of a pinned core used by other processes that spoils a point
+STARVED_BELOW = 0.95  # video delivery under which a point is left out of R (if others are not)
 
 
 # ---------------------------------------------------------------------- pure logic
@@ -163,7 +164,8 @@ def summarise(points: list[dict[str, Any]], note: str | None = None) -> dict[str
     """R for one server: aggregates over the points whose generator was not saturated.
 
     Points where other processes took more than 15% of a pinned core are left out too,
-    unless every point was. calls_per_core: median of the kept points; delivery: the worst
+    unless every point was; so are points that delivered under 95% of the frames, unless
+    every point did. calls_per_core: median of the kept points; delivery: the worst
     kept point; latency: the kept point whose server core was nearest 50% busy; memory:
     median; first frame: pooled over every point.
     """
@@ -172,6 +174,15 @@ def summarise(points: list[dict[str, Any]], note: str | None = None) -> dict[str
     if usable and not kept:
         kept = usable
         note = (note + "; " if note else "") + "every point ran on a contended machine"
+    # a server that lost frames did less work: its CPU per call-second flatters it
+    fed = [p for p in kept if (p["delivery_ratio"] or 0) >= STARVED_BELOW]
+    if fed and len(fed) < len(kept):
+        note = (note + "; " if note else "") + (
+            f"left out {len(kept) - len(fed)} point(s) delivering < {STARVED_BELOW:.0%}")
+        kept = fed
+    elif kept and not fed:
+        note = (note + "; " if note else "") + (
+            f"every point delivered < {STARVED_BELOW:.0%}: calls per core overstated")
     cpc = [p["calls_per_core"] for p in kept if p["calls_per_core"] is not None]
     deliveries = [p["delivery_ratio"] for p in kept if p["delivery_ratio"] is not None]
     mems = [p["mem_mb_per_call"] for p in kept if p["mem_mb_per_call"] is not None]

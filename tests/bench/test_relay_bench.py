@@ -187,6 +187,19 @@ def test_contended_points_left_out_unless_all_are() -> None:
     assert "contended" in only_busy["note"]
 
 
+def test_starved_points_left_out_unless_all_are() -> None:
+    fed = relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result(video_delivery=0.99))
+    starved = relay.make_point(8, 10.0, 2.0, 80.0, 96.0, _load_result(video_delivery=0.3))
+    summary = relay.summarise([fed, starved])
+    assert summary["calls_per_core"] == pytest.approx(20.0)
+    assert summary["delivery_ratio"] == pytest.approx(0.99)
+    assert "left out 1 point(s)" in summary["note"] and len(summary["points"]) == 2
+    only_starved = relay.summarise([starved])
+    assert only_starved["calls_per_core"] == pytest.approx(40.0)
+    assert only_starved["delivery_ratio"] == pytest.approx(0.3)
+    assert "overstated" in only_starved["note"]
+
+
 def test_summary_latency_from_point_nearest_half_busy() -> None:
     low = relay.make_point(2, 10.0, 1.0, 80, 88, _load_result(latencies_ms=[1.0]))
     half = relay.make_point(8, 10.0, 4.8, 80, 112, _load_result(latencies_ms=[3.0]))
