@@ -51,8 +51,35 @@ TRACE_JS = r"""
   const mark = (name) => { if (!(name in t)) t[name] = performance.now(); };
   window.__joinTrace = t;
   document.addEventListener("click", (event) => {
-    if (event.target.closest && event.target.closest('[data-action="join"]')) mark("click");
+    if (event.target.closest && event.target.closest('[data-action="join"]')) {
+      mark("click");
+      window.__joinClickWall = Date.now();  // one clock for both pages
+    }
   }, true);
+  // On the publisher's page (flag set by the benchmark): when keyframe requests arrive and
+  // keyframes leave, on the wall clock.
+  window.__publisherEvents = [];
+  const watchPublisher = async (pc, last) => {
+    if (pc.signalingState === "closed") return;
+    if (window.__watchPublisher) {
+      try {
+        const report = await pc.getStats();
+        report.forEach((s) => {
+          if (s.type !== "outbound-rtp" || s.kind !== "video") return;
+          const now = Date.now();
+          if (last.pli !== undefined && s.pliCount > last.pli) {
+            window.__publisherEvents.push({ kind: "pli", at: now });
+          }
+          if (last.kf !== undefined && s.keyFramesEncoded > last.kf) {
+            window.__publisherEvents.push({ kind: "keyframe", at: now });
+          }
+          last.pli = s.pliCount;
+          last.kf = s.keyFramesEncoded;
+        });
+      } catch (e) { /* closed meanwhile */ }
+    }
+    setTimeout(() => watchPublisher(pc, last), window.__watchPublisher ? 10 : 100);
+  };
   const NativeWS = window.WebSocket;
   window.WebSocket = class extends NativeWS {
     constructor(...args) {
@@ -99,6 +126,7 @@ TRACE_JS = r"""
         setTimeout(poll, 10);
       };
       poll();
+      watchPublisher(this, {});
     }
     async setLocalDescription(...args) {
       const out = await super.setLocalDescription(...args);
@@ -125,7 +153,7 @@ TRACE_JS = r"""
 # Steps reported in the breakdown, in the order a join goes through them.
 STEPS = ("ws_created", "ws_open", "msg_join", "pc_created", "local_offer", "remote_answer",
          "remote_offer", "local_answer", "ice_gathering_complete", "ice_checking", "ice_connected",
-         "pc_connected", "track_video",
+         "pc_connected", "track_video", "publisher_pli", "publisher_keyframe",
          "first_video_packet", "first_frame_received", "first_decoded", "first_frame")
 
 
@@ -142,16 +170,31 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def join_record(trace: dict[str, float]) -> dict[str, Any]:
+def publisher_steps(events: list[dict[str, Any]], click_wall: float) -> dict[str, float]:
+    """The first keyframe request the publisher got and its first keyframe after the click,
+    in ms after it (both pages' wall clock; ms resolution)."""
+    out: dict[str, float] = {}
+    for event in sorted(events, key=lambda e: e["at"]):
+        name = f"publisher_{event['kind']}"
+        if event["at"] >= click_wall and name not in out:
+            out[name] = float(event["at"] - click_wall)
+    return out
+
+
+def join_record(trace: dict[str, float], publisher: dict[str, float] | None = None
+                ) -> dict[str, Any]:
     """One join from its page trace: each step in ms after the click, and the result.
 
     ``join_to_first_frame_ms`` is the first video frame callback, or the first getStats
     ``framesDecoded > 0`` when the page had no frame callback; None if neither happened.
+    ``publisher``: steps seen on the other participant's page (:func:`publisher_steps`).
     """
     if "click" not in trace:
         raise ValueError("the trace has no click on the join button")
     click = trace["click"]
-    steps = {name: round(trace[name] - click, 1) for name in STEPS if name in trace}
+    merged = {**{name: trace[name] - click for name in STEPS if name in trace},
+              **(publisher or {})}
+    steps = {name: round(merged[name], 1) for name in STEPS if name in merged}
     first = steps.get("first_frame", steps.get("first_decoded"))
     return {"join_to_first_frame_ms": first, "steps_ms": steps,
             "pli_sent": trace.get("pli_sent"), "nack_sent": trace.get("nack_sent")}
@@ -269,7 +312,10 @@ async def one_join(context: Any, base: str, session_id: int, tutor: Any) -> dict
             await wait_js(page, "() => 'first_frame' in window.__joinTrace", limit=2.0)
         except TimeoutError:
             pass
-        record = join_record(await page.evaluate("() => ({...window.__joinTrace})"))
+        trace = await page.evaluate("() => ({...window.__joinTrace})")
+        click_wall = await page.evaluate("() => window.__joinClickWall")
+        events = await tutor.evaluate("() => window.__publisherEvents")
+        record = join_record(trace, publisher_steps(events, click_wall))
         await page.locator('[data-action="leave"]').click()
     finally:
         await page.close()
@@ -301,6 +347,7 @@ async def run(joins: int) -> dict[str, Any]:
                     await tutor.locator('[data-action="join"]').click()
                     await tutor.wait_for_selector('[data-call-state="connected"]',
                                                   timeout=DEADLINE_S * 1000)
+                    await tutor.evaluate("() => { window.__watchPublisher = true; }")
                     records = []
                     for _ in range(joins):
                         records.append(await one_join(contexts["student"], server.url, sid,

@@ -58,3 +58,15 @@ def test_summary_of_nothing() -> None:
 def test_command_line_refuses_zero_joins() -> None:
     with pytest.raises(SystemExit):
         browser_join.main(["--joins", "0"])
+
+
+def test_publisher_steps_are_the_first_after_the_click() -> None:
+    events = [{"kind": "keyframe", "at": 5_480}, {"kind": "pli", "at": 4_990},
+              {"kind": "pli", "at": 5_300}, {"kind": "pli", "at": 5_350},
+              {"kind": "keyframe", "at": 5_330}]
+    steps = browser_join.publisher_steps(events, click_wall=5_000)
+    assert steps == {"publisher_pli": 300.0, "publisher_keyframe": 330.0}
+    assert browser_join.publisher_steps([], 5_000) == {}
+    record = browser_join.join_record(_trace(pc_connected=250.0, first_frame=400.0), steps)
+    assert list(record["steps_ms"]) == ["pc_connected", "publisher_pli", "publisher_keyframe",
+                                        "first_frame"]
