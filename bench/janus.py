@@ -32,6 +32,7 @@ PEER_INTERFACE = "pbench1"
 WS_PORT = 8188
 READY_LINE = "JANUS WebSockets transport plugin initialized"
 LIB_GLOB = "/usr/lib/*/janus"
+NICE = 0  # added to the niceness of Janus and its generator (bench/relay.py --nice)
 
 Measure = Callable[[int, "subprocess.Popen[str]", int, float, float, "int | None", "int | None"],
                    dict[str, Any]]
@@ -152,9 +153,17 @@ def in_namespace(name: str, argv: Sequence[str]) -> list[str]:
 
 
 def _pin(cpu: int | None) -> Any:
-    if cpu is None:
+    """preexec_fn of a measured process: pinned to ``cpu``, ``NICE`` added to its niceness."""
+    nice = NICE
+    if cpu is None and not nice:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+
+    def start() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if nice:
+            os.nice(nice)
+    return start
 
 
 def wait_ready(log: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:

@@ -32,6 +32,7 @@ from bench import janus as janus_bench  # noqa: E402
 
 GENERATOR_BUSY_LIMIT = 0.85
 CONTENDED = 0.15  # share of a pinned core used by other processes that spoils a point
+NICE = 0  # added to the niceness of measured processes (--nice; negative needs root)
 STARVED_BELOW = 0.95  # video delivery under which a point is left out of R (if others are not)
 
 
@@ -298,9 +299,17 @@ SERVERS = {
 
 
 def _pin(cpu: int | None) -> Any:
-    if cpu is None:
+    """preexec_fn of a measured process: pinned to ``cpu``, ``NICE`` added to its niceness."""
+    nice = NICE
+    if cpu is None and not nice:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+
+    def start() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if nice:
+            os.nice(nice)
+    return start
 
 
 def _readline(stream: IO[str], deadline: float, proc: subprocess.Popen[str]) -> str:
@@ -411,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="N for the Janus baseline (default: the same as --calls)")
     parser.add_argument("--no-janus", action="store_true", help="leave the Janus baseline out")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness added to servers and generators, e.g. -10 (root) to "
+                             "keep other work on a shared box from starving them")
     parser.add_argument("--profile", choices=["quick", "full"], default=None)
     args = parser.parse_args(args_list)
     if args.quick:
@@ -421,8 +433,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         base_calls = [int(x) for x in args.baseline_calls.split(",") if x]
         janus_calls = [int(x) for x in (args.janus_calls or args.calls).split(",") if x]
         seconds, profile = args.seconds, args.profile or "full"
+    global NICE
+    NICE = janus_bench.NICE = args.nice
     info = machine()
     info["profile"] = profile
+    info["nice"] = args.nice
     info["pinned"] = len(os.sched_getaffinity(0)) >= 2
     # make the cached media before any timing starts
     subprocess.run([sys.executable, str(ROOT / "bench" / "relay_load.py"), "--url", "-",

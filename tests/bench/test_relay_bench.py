@@ -227,3 +227,17 @@ def test_ratio_against_baseline() -> None:
     relay.add_ratio({"calls_per_core": 20.0}, missing)
     assert missing["panda_calls_per_core_ratio"] is None
     relay.add_ratio({"calls_per_core": 20.0}, None)  # janus absent: nothing to do
+
+
+def test_measured_processes_start_pinned_and_at_the_chosen_niceness(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    assert relay._pin(None) is None  # nothing to do: no hook at all
+    monkeypatch.setattr(relay, "NICE", 3)
+    core = sorted(os.sched_getaffinity(0))[-1]
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.nice(0), sorted(os.sched_getaffinity(0)))"],
+        preexec_fn=relay._pin(core), capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) == min(os.nice(0) + 3, 19)
+    assert " ".join(out[1:]) == f"[{core}]"
