@@ -298,30 +298,6 @@ SERVERS = {
 }
 
 
-def _pin(cpu: int | None) -> Any:
-    """preexec_fn of a measured process: pinned to ``cpu``, ``NICE`` added to its niceness."""
-    nice = NICE
-    if cpu is None and not nice:
-        return None
-
-    def start() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        if nice:
-            os.nice(nice)
-    return start
-
-
-def _readline(stream: IO[str], deadline: float, proc: subprocess.Popen[str]) -> str:
-    # blocking readline is fine: the child always prints or exits (then EOF)
-    line = stream.readline()
-    if not line:
-        raise RuntimeError(f"process {proc.args!r} ended early (code {proc.poll()})")
-    if time.monotonic() > deadline:
-        raise RuntimeError("benchmark step timed out")
-    return line.strip()
-
-
 def measure_point(server_pid: int, gen: subprocess.Popen[str], calls: int, seconds: float,
                   rss_idle: float, server_cpu: int | None, gen_cpu: int | None
                   ) -> dict[str, Any]:
@@ -359,6 +335,30 @@ def measure_point(server_pid: int, gen: subprocess.Popen[str], calls: int, secon
                   if x is not None]
         point["contended"] = any(x > CONTENDED for x in others)
     return point
+
+
+def _pin(cpu: int | None) -> Any:
+    """preexec_fn of a measured process: pinned to ``cpu``, ``NICE`` added to its niceness."""
+    nice = NICE
+    if cpu is None and not nice:
+        return None
+
+    def start() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if nice:
+            os.nice(nice)
+    return start
+
+
+def _readline(stream: IO[str], deadline: float, proc: subprocess.Popen[str]) -> str:
+    # blocking readline is fine: the child always prints or exits (then EOF)
+    line = stream.readline()
+    if not line:
+        raise RuntimeError(f"process {proc.args!r} ended early (code {proc.poll()})")
+    if time.monotonic() > deadline:
+        raise RuntimeError("benchmark step timed out")
+    return line.strip()
 
 
 def run_point(server: str, calls: int, seconds: float, profile: str) -> dict[str, Any]:
@@ -419,10 +419,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--janus-calls", default=None,
                         help="N for the Janus baseline (default: the same as --calls)")
     parser.add_argument("--no-janus", action="store_true", help="leave the Janus baseline out")
-    parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--nice", type=int, default=0,
                         help="niceness added to servers and generators, e.g. -10 (root) to "
                              "keep other work on a shared box from starving them")
+    parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile", choices=["quick", "full"], default=None)
     args = parser.parse_args(args_list)
     if args.quick:
