@@ -7,7 +7,8 @@ over the measured window. Prints one JSON object:
 ``{"machine": ..., "panda": R, "baselines": {"mediarelay": R, "janus": R or null}}``.
 Run: python bench/relay.py [--quick] [--calls 4,8,16] [--seconds 20]
 The panda server here is ``python bench/relay.py serve``: panda.media.RoomRegistry behind a
-minimal aiohttp WebSocket signalling endpoint (no web app, no database).
+minimal aiohttp WebSocket signalling endpoint (no web app, no database). Janus (Debian's
+``janus``, videoroom) runs in a network namespace of its own: see ``bench/janus.py``.
 """
 
 from __future__ import annotations
