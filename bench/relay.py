@@ -241,7 +241,9 @@ async def _serve_panda() -> None:
     from panda.media.room import RoomRegistry
 
     # Clients offer first: the fallback server offer is pushed out of the way (no glare).
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=3600)
+    relay_path = os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame"
+    registry = RoomRegistry(MediaConfig(ice_loopback=True, relay_path=relay_path),
+                            initial_offer_delay=3600)
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -362,11 +364,13 @@ def _readline(stream: IO[str], deadline: float, proc: subprocess.Popen[str]) -> 
     return line.strip()
 
 
-def run_point(server: str, calls: int, seconds: float, profile: str) -> dict[str, Any]:
+def run_point(server: str, calls: int, seconds: float, profile: str,
+              relay_path: str = "frame") -> dict[str, Any]:
     """Start a fresh server and a generator, measure one window of N calls, stop both."""
     cores = sorted(os.sched_getaffinity(0))
     server_cpu, gen_cpu = (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PANDA_ICE_LOOPBACK="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PANDA_ICE_LOOPBACK="1",
+               PANDA_RELAY_PATH=relay_path)
     srv = subprocess.Popen([sys.executable, *SERVERS[server]], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, text=True, preexec_fn=_pin(server_cpu))
     gen: subprocess.Popen[str] | None = None
@@ -396,12 +400,12 @@ def run_point(server: str, calls: int, seconds: float, profile: str) -> dict[str
                     proc.wait()
 
 
-def run_server(server: str, calls: Sequence[int], seconds: float, profile: str
-               ) -> dict[str, Any]:
+def run_server(server: str, calls: Sequence[int], seconds: float, profile: str,
+               relay_path: str = "frame") -> dict[str, Any]:
     points = []
     for n in calls:
         try:
-            points.append(run_point(server, n, seconds, profile))
+            points.append(run_point(server, n, seconds, profile, relay_path))
         except Exception as exc:  # one failed point must not lose the others
             print(f"{server} N={n} failed: {exc}", file=sys.stderr)
     return summarise(points, None if points else "every point failed (see stderr)")
@@ -425,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "keep other work on a shared box from starving them")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile", choices=["quick", "full"], default=None)
+    parser.add_argument("--relay-path", choices=["frame", "packet"], default="frame",
+                        help="panda's forwarding path (PANDA_RELAY_PATH of the server)")
     args = parser.parse_args(args_list)
     if args.quick:
         calls, base_calls, seconds, profile = [1], [1], 3.0, args.profile or "quick"
@@ -440,13 +446,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     info["profile"] = profile
     info["nice"] = args.nice
     info["pinned"] = len(os.sched_getaffinity(0)) >= 2
+    info["relay_path"] = args.relay_path
     # make the cached media before any timing starts
     subprocess.run([sys.executable, str(ROOT / "bench" / "relay_load.py"), "--url", "-",
                     "--prepare", "--profile", profile], cwd=ROOT, check=True,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
     result = {
         "machine": info,
-        "panda": run_server("panda", calls, seconds, profile),
+        "panda": run_server("panda", calls, seconds, profile, args.relay_path),
         "baselines": {
             "mediarelay": run_server("mediarelay", base_calls, seconds, profile),
             "janus": None,

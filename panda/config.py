@@ -149,6 +149,58 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _node_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("PANDA_NODE_URL", "").strip().rstrip("/")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        valid_port = parts.port is None or parts.port > 0
+    except ValueError:
+        valid_port = False
+    if (
+        parts.scheme not in {"http", "https"}
+        or not parts.hostname
+        or not valid_port
+        or parts.path
+        or parts.query
+    ):
+        raise ConfigError(
+            "PANDA_NODE_URL must be an http(s) address without a path, like "
+            f"https://tutor.example.org:8443, not {raw!r}"
+        )
+    return raw
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A reverse proxy on the same machine is trusted to say who the client is; nothing else is.
+DEFAULT_TRUSTED_PROXIES: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+def _networks(
+    env: Mapping[str, str], name: str, default: tuple[IPNetwork, ...]
+) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks; empty means the default."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks (10.0.0.0/8), not {item!r}"
+            ) from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server is configured with; build it with `Settings.from_env()`."""
@@ -172,17 +224,38 @@ class Settings:
     ice_loopback: bool = False
     ice_servers: tuple[dict[str, Any], ...] = ()
     ice_tcp_port: int | None = None
+    ice_tcp_advertised_port: int | None = None
     ice_public_ip: str | None = None
     ice_udp_ports: tuple[int, int] | None = None
     relay_path: str = "frame"
+    trusted_proxies: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_PROXIES
     workers: int = 1
     worker_index: int = 0
+    # PANDA_NODE_URL as configured (worker 0's direct address); see `node_url`.
+    node_url_base: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def production(self) -> bool:
         """True when running with PANDA_ENV=production."""
         return self.env == "production"
+
+    @property
+    def node_url(self) -> str:
+        """This process's own address, as browsers reach it directly (call redirects).
+
+        PANDA_NODE_URL names worker 0; worker i is at its port + i. Without it: the host of
+        PANDA_BASE_URL on this process's own port.
+        """
+        parts = urlsplit(self.node_url_base or self.base_url)
+        host = parts.hostname or self.host
+        if ":" in host:
+            host = f"[{host}]"
+        if self.node_url_base:
+            port = (parts.port or (443 if parts.scheme == "https" else 80)) + self.worker_index
+        else:
+            port = self.port
+        return f"{parts.scheme}://{host}:{port}"
 
     @property
     def secure_cookies(self) -> bool:
@@ -239,6 +312,13 @@ class Settings:
                 raise ConfigError(
                     f"PANDA_ICE_PUBLIC_IP must be an IP address, not {public_ip!r}"
                 ) from None
+        ice_tcp_port = _int(env, "PANDA_ICE_TCP_PORT", None, 1, 65535)
+        advertised = _int(env, "PANDA_ICE_TCP_ADVERTISED_PORT", None, 1, 65535)
+        if advertised is not None and ice_tcp_port is None:
+            raise ConfigError(
+                "PANDA_ICE_TCP_ADVERTISED_PORT is the port a TCP proxy forwards to "
+                "PANDA_ICE_TCP_PORT: set PANDA_ICE_TCP_PORT too"
+            )
         # Everything is validated before anything is written to disk.
         values: dict[str, Any] = {
             "base_url": base_url,
@@ -257,12 +337,21 @@ class Settings:
             "mail_outbox": Path(outbox).expanduser().resolve() if outbox else None,
             "ice_loopback": _bool(env, "PANDA_ICE_LOOPBACK", False),
             "ice_servers": _ice_servers(env, "PANDA_ICE_SERVERS"),
-            "ice_tcp_port": _int(env, "PANDA_ICE_TCP_PORT", None, 1, 65535),
+            "ice_tcp_port": ice_tcp_port,
+            "ice_tcp_advertised_port": advertised,
             "ice_public_ip": public_ip,
             "ice_udp_ports": _port_range(env, "PANDA_ICE_UDP_PORTS"),
             "relay_path": relay_path,
+            "trusted_proxies": _networks(env, "PANDA_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES),
             "workers": _int(env, "PANDA_WORKERS", 1, 1, 64) or 1,
+            "node_url_base": _node_url(env),
         }
+        node_host = urlsplit(values["node_url_base"] or base_url).hostname
+        if node_host != parts.hostname:
+            # The login cookie is bound to the host name: a call page could not follow.
+            raise ConfigError(
+                f"PANDA_NODE_URL must use the host name of PANDA_BASE_URL ({parts.hostname})"
+            )
         if production and not env.get("PANDA_SECRET_KEY", "").strip():
             raise ConfigError("PANDA_SECRET_KEY is required when PANDA_ENV=production")
         try:

@@ -55,6 +55,8 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Pa
         secret_key=TEST_SECRET,
         base_url="http://127.0.0.1:8080",
         ice_loopback=True,
+        # PANDA_RELAY_PATH=packet runs the browser call tests on the packet-level relay
+        relay_path=os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame",
     )
 
 
@@ -120,6 +122,8 @@ class LiveServer:
             "PANDA_BASE_URL": self.url,
             "PANDA_SECRET_KEY": TEST_SECRET,
             "PANDA_ICE_LOOPBACK": "1",
+            # the relay path under test is the one setting passed on (see `settings`)
+            "PANDA_RELAY_PATH": os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame",
             "PYTHONPATH": str(ROOT),
             **env,
         }
@@ -215,8 +219,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if any(part in path for part in _TIMING_SENSITIVE) or item.name.startswith(
             "test_periodic_work_runs_in_one_process"
         ):
-            # Known race (see the live websocket's watch handling): events of a conversation
-            # arriving between reconnect and `watch` can overtake the database fill. Until it is
-            # fixed in panda/web/live.py this test gets more tries.
-            reruns = 4 if "resumes_exactly_once" in item.name else 1
-            item.add_marker(pytest.mark.flaky(reruns=reruns, reruns_delay=2))
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))

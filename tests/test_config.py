@@ -114,15 +114,34 @@ def test_database_url_spellings(tmp_path: Path, given: str, expected: str) -> No
         ("PANDA_ICE_UDP_PORTS", "50000"),
         ("PANDA_ICE_UDP_PORTS", "60000-50000"),
         ("PANDA_ICE_TCP_PORT", "-1"),
+        ("PANDA_ICE_TCP_ADVERTISED_PORT", "https"),
+        ("PANDA_ICE_TCP_ADVERTISED_PORT", "443"),  # without PANDA_ICE_TCP_PORT
+        ("PANDA_ICE_PUBLIC_IP", "203.0.113"),
         ("PANDA_ICE_PUBLIC_IP", "my.host.example"),
         ("PANDA_RELAY_PATH", "transcode"),
         ("PANDA_WORKERS", "0"),
+        ("PANDA_NODE_URL", "tutor.example.org:8443"),
+        ("PANDA_NODE_URL", "https://tutor.example.org:8443/ws"),
+        ("PANDA_NODE_URL", "https://tutor.example.org:99999"),
+        ("PANDA_NODE_URL", "http://elsewhere.example.org:8080"),
         ("PANDA_SECRET_KEY", "too-short"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(env_for(tmp_path, **{name: value}))
+
+
+def test_ice_tcp_behind_a_proxy_advertises_the_proxy_port(tmp_path: Path) -> None:
+    from panda.media.ice_tcp import IceTcpListener
+
+    settings = Settings.from_env(env_for(
+        tmp_path, PANDA_ICE_TCP_PORT="3478", PANDA_ICE_TCP_ADVERTISED_PORT="443"))
+    assert (settings.ice_tcp_port, settings.ice_tcp_advertised_port) == (3478, 443)
+    listener = IceTcpListener.from_settings(settings)
+    assert listener is not None and listener.advertised_port == 443
+    plain = Settings.from_env(env_for(tmp_path, PANDA_ICE_TCP_PORT="3478"))
+    assert plain.ice_tcp_advertised_port is None
 
 
 def test_nothing_is_written_when_a_value_is_bad(tmp_path: Path) -> None:
@@ -176,3 +195,29 @@ def test_explicit_secret_key_wins_and_writes_nothing(tmp_path: Path) -> None:
     settings = Settings.from_env(env_for(tmp_path, PANDA_SECRET_KEY=GOOD_SECRET))
     assert settings.secret_key == GOOD_SECRET
     assert not (settings.data_dir / "secret_key").exists()
+
+
+def test_each_process_has_its_own_address(tmp_path: Path) -> None:
+    plain = Settings.from_env(env_for(tmp_path, PANDA_PORT="9000"))
+    assert plain.node_url == "http://127.0.0.1:9000"
+    behind_proxy = Settings.from_env(
+        env_for(tmp_path, PANDA_BASE_URL="https://tutor.example.org", PANDA_PORT="8080")
+    )
+    # Worker 2 of `panda serve` runs with its own port.
+    assert behind_proxy.with_(port=8082, worker_index=2).node_url == (
+        "https://tutor.example.org:8082"
+    )
+    configured = Settings.from_env(
+        env_for(
+            tmp_path,
+            PANDA_BASE_URL="https://tutor.example.org",
+            PANDA_NODE_URL="https://tutor.example.org:8443/",
+            PANDA_WORKERS="4",
+        )
+    )
+    assert configured.node_url == "https://tutor.example.org:8443"
+    assert configured.with_(worker_index=3).node_url == "https://tutor.example.org:8446"
+    no_port = Settings.from_env(
+        env_for(tmp_path, PANDA_BASE_URL="http://[::1]:8080", PANDA_NODE_URL="https://[::1]")
+    )
+    assert no_port.node_url == "https://[::1]:443"

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -26,12 +27,16 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtcpRtpfbPacket,
     RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
 )
+from aiortc.utils import uint16_add, uint16_gt
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +136,32 @@ def harden_dtls_transport(dtls: RTCDtlsTransport) -> DtlsGuard:
     return guard
 
 
+def route_fir_by_fci(dtls: RTCDtlsTransport) -> None:
+    """Deliver a FIR to the sender its FCI names (idempotent).
+
+    RFC 5104 sets a FIR's media SSRC field to 0 and names the target SSRC in the FCI;
+    aiortc routes feedback by the media SSRC field only, so a FIR never reached a sender.
+    """
+    router = dtls._rtp_router
+    if getattr(router, "_panda_fir", False):
+        return
+    route = router.route_rtcp
+
+    def route_rtcp(packet: AnyRtcpPacket) -> set[Any]:
+        recipients = route(packet)
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
+            # FCI entries: target SSRC (4 bytes), sequence number (1), reserved (3).
+            for offset in range(0, len(packet.fci) - 7, 8):
+                (ssrc,) = struct.unpack_from("!L", packet.fci, offset)
+                sender = router.senders.get(ssrc)
+                if sender is not None:
+                    recipients.add(sender)
+        return recipients
+
+    router.route_rtcp = route_rtcp  # type: ignore[method-assign]
+    router._panda_fir = True  # type: ignore[attr-defined]
+
+
 def ice_connection_of(pc: RTCPeerConnection) -> Connection | None:
     """The (bundled) aioice agent of ``pc``, if it has one."""
     for transceiver in pc.getTransceivers():
@@ -215,9 +246,21 @@ class _TapQueue:
     def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
         if item is None:
             return
+        codec, frame = item
+        self._deliver(codec, frame)
+        buffer = self.tap.jitter_buffer
+        if isinstance(buffer, RelayJitterBuffer) and buffer.ready:
+            # More frames became whole in the same step (a given-up gap released them):
+            # they go now, timestamps mapped as aiortc mapped the first one.
+            mapper = getattr(self.tap.receiver, _RX + "timestamp_mapper")
+            while buffer.ready:
+                frame = buffer.ready.popleft()
+                frame.timestamp = mapper.map(frame.timestamp)
+                self._deliver(codec, frame)
+
+    def _deliver(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         callback = self.tap.on_frame
         if callback is not None:
-            codec, frame = item
             try:
                 callback(codec, frame, time.monotonic())
             except Exception:
@@ -240,6 +283,9 @@ class ReceiverTap:
         self.own_estimate: int | None = None
         self.last_remb_sent: int | None = None
         self.codecs: list[RTCRtpCodecParameters] = []
+        self.jitter_buffer: JitterBuffer | None = None
+        # Called when received video was lost for good (a keyframe is needed to go on).
+        self.on_loss: Callable[[], None] | None = None
         self._media_ssrc: int | None = None
         self._send_rtcp: Callable[[AnyRtcpPacket], Awaitable[None]] = receiver._send_rtcp
         self._tasks: set[asyncio.Task[None]] = set()
@@ -247,6 +293,24 @@ class ReceiverTap:
     @property
     def started(self) -> bool:
         return bool(getattr(self.receiver, _RX + "started"))
+
+    @property
+    def can_send_feedback(self) -> bool:
+        """True once a PLI can reach the remote sender (receiver started, DTLS connected)."""
+        return (self.started and self.media_ssrc is not None
+                and self.receiver.transport.state == "connected")
+
+    def _lost(self) -> None:
+        callback = self.on_loss
+        if callback is not None:
+            callback()
+        else:
+            # Nobody consumes the frames yet: a plain PLI, as aiortc would send.
+            ssrc = self.media_ssrc
+            if ssrc is not None and self.started:
+                task = asyncio.ensure_future(self.receiver._send_rtcp_pli(ssrc))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     @property
     def media_ssrc(self) -> int | None:
@@ -351,9 +415,13 @@ class RelayJitterBuffer(JitterBuffer):
 
     - A frame leaves as soon as its last packet (RTP marker bit) is in and nothing before
       it is missing, not when the next frame's first packet arrives (a frame later).
-    - A packet still missing after ``max_gap_wait`` seconds (NACK/RTX did not bring it)
-      is given up: the incomplete frame is dropped, later ones go on and a PLI is asked
-      for. aiortc waits until 512 later packets have arrived (seconds of video).
+    - A packet still missing after ``max_gap_wait`` seconds while later packets wait
+      (NACK/RTX did not bring it) is given up, wherever it is: the frame it belonged to is
+      dropped and every complete frame held back behind it leaves at once (``ready``).
+      aiortc waits until 512 later packets have arrived: seconds of video, and far longer
+      at the low bitrate a sender restarts with after a network outage.
+    - Lost data is reported to ``on_loss`` when set (the relay then makes its subscribers
+      wait for a keyframe and asks for one, throttled); ``add`` then returns no PLI flag.
     """
 
     def __init__(self, kind: str = "video", *, max_gap_wait: float = MAX_GAP_WAIT,
@@ -364,36 +432,84 @@ class RelayJitterBuffer(JitterBuffer):
         self.max_gap_wait = max_gap_wait
         self._clock = clock
         self._gap_since: float | None = None
+        self._gap_seq: int | None = None  # the missing packet _gap_since is about
+        self._max_seq: int | None = None
+        self.ready: deque[JitterFrame] = deque()
+        self.on_loss: Callable[[], None] | None = None
         self.gaps_skipped = 0
+        self.losses = 0
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._max_seq is None or self._origin is None or uint16_gt(seq, self._max_seq):
+            self._max_seq = seq
         pli_flag, frame = super().add(packet)
-        if frame is None and self._origin is not None:
-            frame = self._frame_ending_with_marker()
-        if frame is None and self._origin is not None and self._skip_stale_gap():
+        if self._origin is not None and uint16_add(self._max_seq, -self._origin) >= self._capacity:
+            self._max_seq = seq  # aiortc started over (a jump back or a flush)
+        if frame is not None:
+            self.ready.append(frame)
+        self._drain()
+        if self._origin is not None and self._skip_stale_gap():
             pli_flag = True
+            self._drain()
+        if pli_flag:
+            self.losses += 1
+            if self.on_loss is not None:
+                self.on_loss()
+                pli_flag = False
+        return pli_flag, (self.ready.popleft() if self.ready else None)
+
+    def _drain(self) -> None:
+        while self._origin is not None:
             frame = self._frame_ending_with_marker()
-        return pli_flag, frame
+            if frame is None:
+                return
+            self.ready.append(frame)
+
+    def _hole(self) -> tuple[int, int] | None:
+        """(offset of the first missing packet, offset of the first packet after it) when
+        a missing packet holds received ones back; offsets count from the origin."""
+        assert self._origin is not None and self._max_seq is not None
+        span = uint16_add(self._max_seq, -self._origin)
+        if span >= self._capacity:
+            return None
+        packets, origin, capacity = self._packets, self._origin, self._capacity
+        for missing in range(span + 1):
+            if packets[(origin + missing) % capacity] is None:
+                for present in range(missing + 1, span + 1):
+                    if packets[(origin + present) % capacity] is not None:
+                        return missing, present
+                return None
+        return None
 
     def _skip_stale_gap(self) -> bool:
+        hole = self._hole()
+        if hole is None:
+            self._gap_since = None
+            return False
         assert self._origin is not None
-        if self._packets[self._origin % self._capacity] is not None:
-            self._gap_since = None
-            return False
-        # The slot at the origin is empty: only a gap if later packets are waiting.
-        first = next((i for i in range(1, self._capacity)
-                      if self._packets[(self._origin + i) % self._capacity] is not None), None)
-        if first is None:
-            self._gap_since = None
-            return False
         now = self._clock()
-        if self._gap_since is None:
-            self._gap_since = now
+        hole_seq = uint16_add(self._origin, hole[0])
+        if self._gap_since is None or hole_seq != self._gap_seq:
+            # A new hole (or the previous one was filled): its retransmission gets its time.
+            self._gap_since, self._gap_seq = now, hole_seq
             return False
         if now - self._gap_since < self.max_gap_wait:
             return False
-        # Drop the empty slots and the rest of the frame they belonged to.
-        self.smart_remove(first + 1)
+        missing, present = hole
+        packets, origin, capacity = self._packets, self._origin, self._capacity
+        assert origin is not None
+        # The frame the hole broke: the one at the origin, or (hole at the origin, frame
+        # start unknown) the one after the hole. Its packets after the hole go too.
+        broken = packets[(origin + (missing - 1 if missing else present)) % capacity]
+        assert broken is not None
+        drop = present
+        while drop < capacity:
+            later = packets[(origin + drop) % capacity]
+            if later is None or later.timestamp != broken.timestamp:
+                break
+            drop += 1
+        self.remove(drop)
         self._gap_since = None
         self.gaps_skipped += 1
         return True
@@ -434,9 +550,12 @@ def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
         # Only the 80 ms prefetch goes: merging same-timestamp packets and waiting out a
         # gap stay aiortc's (forwarding every packet on arrival let Chromium's receiver
         # hear faint noise from a muted sender).
-        setattr(receiver, _RX + "jitter_buffer", JitterBuffer(capacity=16, prefetch=0))
+        tap.jitter_buffer = JitterBuffer(capacity=16, prefetch=0)
     else:
-        setattr(receiver, _RX + "jitter_buffer", RelayJitterBuffer("video"))
+        video_buffer = RelayJitterBuffer("video")
+        video_buffer.on_loss = tap._lost
+        tap.jitter_buffer = video_buffer
+    setattr(receiver, _RX + "jitter_buffer", tap.jitter_buffer)
     setattr(receiver, _RX + "decoder_queue", _TapQueue(tap))
     # Stopping the "decoder" (BYE, DTLS close, stop()) must not end the tap: the room
     # decides when a publication ends.
@@ -451,7 +570,13 @@ def tap_receiver(receiver: RTCRtpReceiver) -> ReceiverTap:
 
 
 class SenderHook:
-    """Routes a sender's PLI/FIR and REMB feedback to the relay instead of an encoder."""
+    """Routes a sender's PLI/FIR and REMB feedback to the relay instead of an encoder.
+
+    A NACK for a packet the sender no longer holds (aiortc keeps the last 128: after a
+    network outage the receiver asks for far older ones) counts as a keyframe request too:
+    the receiver cannot repair its picture otherwise, and would only ask for a keyframe
+    itself after giving up on the retransmissions.
+    """
 
     def __init__(
         self,
@@ -478,7 +603,18 @@ class SenderHook:
                 if self.sender._ssrc in ssrcs and self.on_remb is not None:
                     self.on_remb(bitrate)
                 return
+        elif (isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK
+              and self.on_keyframe_request is not None and self._unrecoverable(packet.lost)):
+            self.on_keyframe_request()
         await self._handle(packet)
+
+    def _unrecoverable(self, lost: list[int]) -> bool:
+        history: dict[int, RtpPacket] = getattr(self.sender, _TX + "rtp_history")
+        for seq in lost:
+            kept = history.get(seq % RTP_HISTORY_SIZE)
+            if kept is None or kept.sequence_number != seq:
+                return True
+        return False
 
 
 def hook_sender(

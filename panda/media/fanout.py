@@ -27,6 +27,8 @@ H264_NAL_IDR = 5
 DEFAULT_QUEUE_FRAMES = {"audio": 50, "video": 60}  # ~1 s audio (20 ms frames), ~2 s video
 KEYFRAME_MIN_INTERVAL = 0.5  # seconds between two keyframe requests to one publisher
 KEYFRAME_RETRY_INTERVAL = 1.0  # re-ask while a subscriber still waits (PLI may be lost)
+KEYFRAME_UNSENT_RETRY = 0.1  # a request the publisher's transport could not take yet: try again
+KEYFRAME_UNSENT_TRIES = 50  # ... for about 5 s (a new peer connection is still connecting)
 
 
 # --------------------------------------------------------------------------- keyframes
@@ -83,12 +85,15 @@ class KeyframeRequester:
 
     A request sends at once unless one went out less than ``min_interval`` ago; then
     one deferred request is scheduled. After each request, a retry fires after
-    ``retry_interval`` while ``pending()`` says a subscriber still waits.
+    ``retry_interval`` while ``pending()`` says a subscriber still waits. ``send``
+    returns False when the request could not go out (the publisher's connection is not
+    up yet): it is not counted, and is tried again shortly instead of a full interval
+    later.
     """
 
     def __init__(
         self,
-        send: Callable[[], None],
+        send: Callable[[], bool | None],
         *,
         pending: Callable[[], bool] = lambda: False,
         min_interval: float = KEYFRAME_MIN_INTERVAL,
@@ -108,6 +113,8 @@ class KeyframeRequester:
         self._retry: object | None = None
         self.sent = 0
         self.throttled = 0
+        self.unsent = 0
+        self._unsent_tries = 0
         self.closed = False
 
     def _schedule(self, delay: float, callback: Callable[[], None]) -> object:
@@ -139,12 +146,20 @@ class KeyframeRequester:
             self.request()
 
     def _fire(self) -> None:
-        self._last = self._clock()
-        self.sent += 1
         try:
-            self._send()
+            went = self._send() is not False
         except Exception:
             logger.exception("keyframe request failed")
+            went = True  # counted as sent: retried at the normal pace, never in a tight loop
+        if not went:
+            self.unsent += 1
+            self._unsent_tries += 1
+            if self._deferred is None and self._unsent_tries <= KEYFRAME_UNSENT_TRIES:
+                self._deferred = self._schedule(KEYFRAME_UNSENT_RETRY, self._on_deferred)
+            return
+        self._unsent_tries = 0
+        self._last = self._clock()
+        self.sent += 1
         if self._retry is None:
             self._retry = self._schedule(self.retry_interval, self._on_retry)
 
@@ -303,7 +318,7 @@ class Fanout:
         mime_type: str,
         clock_rate: int,
         *,
-        request_keyframe: Callable[[], None],
+        request_keyframe: Callable[[], bool | None],
         on_bitrate_limit: Callable[[int | None], None] | None = None,
         max_queue: int | None = None,
         requester: KeyframeRequester | None = None,
@@ -323,6 +338,7 @@ class Fanout:
         self.frames_in = 0
         self.keyframes_in = 0
         self.bytes_in = 0
+        self.losses = 0
         self.ended = False
 
     # ----------------------------------------------------------------- subscribers
@@ -372,6 +388,19 @@ class Fanout:
         """Ask the publisher for a keyframe (throttled); audio has none to ask for."""
         if self.kind == "video" and not self.ended:
             self.requester.request()
+
+    def lost(self) -> None:
+        """Video from the publisher was lost for good: later frames refer to what is missing.
+
+        Subscribers cannot tell (their stream has no gap: it is re-packetised here), so
+        they wait for the next keyframe, which is asked for at once.
+        """
+        if self.kind != "video" or self.ended:
+            return
+        self.losses += 1
+        for track in self._tracks:
+            track.needs_keyframe = True
+        self.requester.request()
 
     def _on_remb_changed(self) -> None:
         estimates = [t.remb for t in self._tracks if t.remb is not None]
@@ -468,6 +497,7 @@ class Fanout:
             "frames_in": self.frames_in,
             "keyframes_in": self.keyframes_in,
             "keyframes_requested": self.requester.sent,
+            "losses": self.losses,
             "subscribers": len(self._tracks),
             "frames_forwarded": sum(t.frames_forwarded for t in self._tracks),
         }

@@ -142,10 +142,12 @@ def configure_ice_connection(connection: Connection, config: MediaConfig) -> Non
 
 def configure_peer_connection(pc: RTCPeerConnection, config: MediaConfig) -> None:
     """Make every ICE agent ``pc`` creates go through :func:`configure_ice_connection`
-    (and harden every DTLS transport against packets aiortc cannot parse)."""
+    (and harden every DTLS transport against packets aiortc cannot parse, and have it
+    deliver FIRs)."""
 
     def on_transport(dtls: RTCDtlsTransport) -> None:
         aiortc_patches.harden_dtls_transport(dtls)
+        aiortc_patches.route_fir_by_fci(dtls)
         configure_ice_connection(aiortc_patches.dtls_ice_connection(dtls), config)
 
     aiortc_patches.on_dtls_transport_created(pc, on_transport)

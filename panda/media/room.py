@@ -30,6 +30,7 @@ from . import aiortc_patches
 from .errors import SignalError
 from .fanout import Fanout, ForwardingTrack, FrameSink
 from .ice import MediaConfig, create_peer_connection
+from .packet_relay import PacketRelay
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,9 @@ class Participant:
         self._send = send
         self._on_state = on_state
         self.pc = create_peer_connection(room.config)
+        self._relay = room.registry.packet_relay
+        if self._relay is not None:
+            self._relay.attach(self)
         self._taps: dict[RTCRtpTransceiver, aiortc_patches.ReceiverTap] = {}
         aiortc_patches.on_transceiver_created(self.pc, self._on_transceiver_created)
         self.pc.on("connectionstatechange", self._on_connection_state_change)
@@ -191,6 +195,7 @@ class Participant:
         self.closed = False
         self.offers_sent = 0
         self.answers_sent = 0
+        self.video_mimes: tuple[str, ...] | None = None  # what its offers support, if known
 
     # ------------------------------------------------------------------ public
 
@@ -332,12 +337,15 @@ class Participant:
         ended = list(self._publications.values())
         for pub in ended:
             pub.tap.on_frame = None
+            pub.tap.on_loss = None
             pub.fanout.end()
         self._publications.clear()
         for sub in [*self._subscriptions.values(), *self._retired]:
             sub.track.stop()
         self._subscriptions.clear()
         self._retired.clear()
+        if self._relay is not None:
+            self._relay.forget(self)
         return ended
 
     def _on_transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
@@ -383,8 +391,11 @@ class Participant:
 
     # ------------------------------------------------------------------ browser offer
 
-    def _check_offer(self, description: aiortc_sdp.SessionDescription) -> str | None:
-        """Validate an offer against the current session; returns the video codec it implies."""
+    def _check_offer(
+        self, description: aiortc_sdp.SessionDescription
+    ) -> tuple[str | None, tuple[str, ...] | None]:
+        """Validate an offer against the current session; returns the room's video codec it
+        implies and the relay video codecs the offer supports (None: it offers no video)."""
         local = self.pc.localDescription
         if local is not None:
             current = aiortc_sdp.SessionDescription.parse(local.sdp)
@@ -394,11 +405,16 @@ class Participant:
                 raise _sdp_error("an offer must keep the existing media sections in order")
         # The server's own m-lines were offered with the room's codecs already.
         sub_mids = {t.mid for t in self._sub_transceivers if t.mid is not None}
-        video_mime = self.room.video_mime
+        offered: tuple[str, ...] | None = None
+        # Port 0 marks a rejected section, except for sections still in the BUNDLE group:
+        # Firefox offers every section after the first as port 0 + a=bundle-only (RFC 8843).
+        bundled = {
+            mid for group in description.group if group.semantic == "BUNDLE" for mid in group.items
+        }
         for media in description.media:
             if media.kind == "application" or media.rtp.muxId in sub_mids:
                 continue
-            if media.port == 0:
+            if media.port == 0 and media.rtp.muxId not in bundled:
                 raise _sdp_error(
                     "rejected or stopped media sections are not supported; "
                     "use removeTrack instead of stopping a transceiver"
@@ -408,17 +424,20 @@ class Participant:
                 if AUDIO_MIME not in mimes:
                     raise SignalError("no-common-codec", "audio must support Opus")
                 continue
-            if video_mime is None:
-                video_mime = next((m for m in VIDEO_MIMES if m in mimes), None)
-                if video_mime is None:
-                    raise SignalError("no-common-codec", "video must support VP8 or H.264")
-            elif video_mime not in mimes:
-                raise SignalError(
-                    "no-common-codec",
-                    f"this call uses {video_mime.split('/')[1].upper()} video, "
-                    "which this browser does not offer",
-                )
-        return video_mime
+            supported = tuple(m for m in VIDEO_MIMES if m in mimes)
+            if not supported:
+                raise SignalError("no-common-codec", "video must support VP8 or H.264")
+            offered = supported if offered is None else tuple(m for m in offered if m in supported)
+        if offered is None:
+            return self.room.video_mime, None
+        video_mime = self.room.choose_video_mime(self, offered)
+        if video_mime not in offered:
+            raise SignalError(
+                "no-common-codec",
+                f"this call uses {video_mime.split('/')[1].upper()} video, "
+                "which this browser does not offer",
+            )
+        return video_mime, offered
 
     async def _handle_offer(self, msg: dict[str, Any]) -> None:
         sources = msg.get("sources") or {}
@@ -435,7 +454,11 @@ class Participant:
                 raise SignalError("closed", "this connection is closed; join again")
             if self.pc.signalingState != "stable":
                 raise SignalError("glare", "the server's offer is outstanding: answer it first")
-            video_mime = self._check_offer(description)
+            video_mime, offered = self._check_offer(description)
+            if offered is not None:
+                # Decided before any await: a concurrent offer sees this choice.
+                self.video_mimes = offered
+                self.room.video_mime = video_mime
             self._learn_remote(description)
             try:
                 await self.pc.setRemoteDescription(
@@ -443,8 +466,6 @@ class Participant:
                 )
             except Exception as exc:
                 await self._fail_after_bad_description(exc)
-            if video_mime is not None and self.room.video_mime is None:
-                self.room.video_mime = video_mime
             changed = self._apply_publications(sources)
             try:
                 answer = await self.pc.createAnswer()
@@ -517,9 +538,12 @@ class Participant:
         tap = self._taps.get(transceiver) or aiortc_patches.tap_receiver(transceiver.receiver)
         self._taps[transceiver] = tap
 
-        def request_keyframe() -> None:
-            if not self.closed:
-                self._spawn(tap.request_keyframe())
+        def request_keyframe() -> bool:
+            # A PLI before the connection is up would be dropped unseen: report it unsent.
+            if self.closed or not tap.can_send_feedback:
+                return False
+            self._spawn(tap.request_keyframe())
+            return True
 
         def on_bitrate_limit(limit: int | None) -> None:
             tap.bitrate_limit = limit
@@ -538,6 +562,9 @@ class Participant:
             self, transceiver.mid, transceiver.kind, source, codec, transceiver, tap, fanout
         )
         tap.on_frame = pub.on_frame
+        tap.on_loss = fanout.lost
+        if self._relay is not None:
+            self._relay.publish(pub)
         self._publications[pub.mid] = pub
         self.room._attach_sinks(pub)
         return pub
@@ -546,6 +573,7 @@ class Participant:
         if self._publications.get(pub.mid) is pub:
             del self._publications[pub.mid]
         pub.tap.on_frame = None
+        pub.tap.on_loss = None
         pub.tap.bitrate_limit = None
         pub.fanout.end()
         self.room._forget_sinks(pub)
@@ -769,6 +797,8 @@ class Participant:
                 on_keyframe_request=track.request_keyframe,
                 on_remb=track.set_remb,
             )
+            if self._relay is not None:
+                self._relay.bind(track, transceiver, self)
             self._sub_transceivers.add(transceiver)
             self._sending.add(transceiver)
             self._subscriptions[pub] = Subscription(pub, transceiver, track)
@@ -908,6 +938,26 @@ class Room:
         for participant in list(self._participants.values()):
             participant.schedule_renegotiation()
 
+    def choose_video_mime(self, offerer: Participant, offered: tuple[str, ...]) -> str:
+        """The room's video codec for an offer supporting ``offered``.
+
+        Fixed while anyone publishes video (subscribers were negotiated with it). Otherwise
+        VP8 when every participant whose codecs are known (from their offers) supports it,
+        else H.264 when they all do, else the offerer's preference (someone will get
+        ``no-common-codec`` when publishing).
+        """
+        if self.video_mime is not None and any(
+            pub.kind == "video" for pub in self._all_publications()
+        ):
+            return self.video_mime
+        known = [p.video_mimes for p in self._participants.values()
+                 if p is not offerer and p.video_mimes is not None]
+        known.append(offered)
+        for mime in VIDEO_MIMES:
+            if all(mime in mimes for mimes in known):
+                return mime
+        return offered[0]
+
     def codec_preferences(
         self, kind: str, codec: RTCRtpCodecParameters
     ) -> list[RTCRtpCodecCapability]:
@@ -966,10 +1016,8 @@ class RoomRegistry:
         self.config = config
         self.media_timeout = media_timeout
         self.initial_offer_delay = initial_offer_delay
-        if config.relay_path != "frame":
-            # The packet-level path is not built yet; frames are forwarded meanwhile.
-            logger.warning("relay path %r not available: using the frame path",
-                           config.relay_path)
+        # The packet path forwards RTP packets; the frame path reassembled frames.
+        self.packet_relay = PacketRelay() if config.relay_path == "packet" else None
         self._rooms: dict[str, Room] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -68,7 +68,9 @@ async def open_conversation(db: AsyncSession, me: User, other_id: int) -> tuple[
     other = await db.get(User, other_id)
     if other is None or not other.is_active:
         raise NotFound("There is no such user.")
-    existing = await get_conversation_between(db, me.id, other.id)
+    # Plain ids: a rollback below expires the loaded rows.
+    me_id, other_id = me.id, other.id
+    existing = await get_conversation_between(db, me_id, other_id)
     if existing is not None:
         return existing, False
     if me.is_student and other.is_tutor:
@@ -79,21 +81,21 @@ async def open_conversation(db: AsyncSession, me: User, other_id: int) -> tuple[
             raise Forbidden("You can message students once they have booked a session with you.")
     else:
         raise Forbidden("Conversations are between a student and a tutor.")
-    conversation = Conversation(pair_key=pair_key(me.id, other.id), last_seq=0)
+    conversation = Conversation(pair_key=pair_key(me_id, other_id), last_seq=0)
     db.add(conversation)
     try:
         await db.flush()
         db.add_all(
             [
-                ConversationMember(conversation_id=conversation.id, user_id=me.id),
-                ConversationMember(conversation_id=conversation.id, user_id=other.id),
+                ConversationMember(conversation_id=conversation.id, user_id=me_id),
+                ConversationMember(conversation_id=conversation.id, user_id=other_id),
             ]
         )
         await db.commit()
     except IntegrityError:
         # Both opened it at the same moment: the other request created it.
         await db.rollback()
-        existing = await get_conversation_between(db, me.id, other.id)
+        existing = await get_conversation_between(db, me_id, other_id)
         if existing is None:
             raise
         return existing, False

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from panda import keys, ratelimit
 from panda.bus import setup_bus
+from panda.config import IPNetwork
 from panda.errors import RateLimited
 from panda.passwords import hash_password_async, password_problem, verify_password_async
 from panda.ratelimit import get_limiter
@@ -22,7 +25,7 @@ from panda.store.accounts import (
 )
 from panda.store.models import User
 from panda.store.users import create_user, get_user_by_email, normalise_email
-from panda.web import account_mail
+from panda.web import account_mail, ws_sessions
 from panda.web.auth import current_user, end_other_sessions, flash, login_user, logout_user
 from panda.web.forms import read_form, safe_next
 from panda.web.render import render
@@ -54,23 +57,35 @@ async def _dummy_password_hash() -> str:
     return _dummy_hash
 
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1"})
-
-
 def client_ip(request: web.Request) -> str:
     """The client's address for throttling.
 
-    Behind a reverse proxy on the same machine (the peer is loopback), the proxy's own entry in
-    X-Forwarded-For (the last one) names the client; earlier entries are client-supplied and
-    ignored. Otherwise the peer address itself.
+    X-Forwarded-For is read right to left while the hop that added an entry is a trusted proxy
+    (PANDA_TRUSTED_PROXIES, by default a proxy on this machine); the first entry added by an
+    untrusted hop names the client. Entries further left are client-supplied and ignored.
     """
     peer = request.remote or "unknown"
-    if peer in _LOOPBACK:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        last = forwarded.rsplit(",", 1)[-1].strip()
-        if last and len(last) <= 64 and all(c in "0123456789abcdefABCDEF.:" for c in last):
-            return last
-    return peer
+    trusted = request.app[keys.settings].trusted_proxies
+    hops = request.headers.get("X-Forwarded-For", "").split(",")
+    current = peer
+    while _is_trusted(current, trusted) and hops:
+        entry = hops.pop().strip()
+        if not entry or len(entry) > 64:
+            break
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            break
+        current = entry
+    return current
+
+
+def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def _redirect(location: str, headers: dict[str, str] | None = None) -> web.HTTPSeeOther:
@@ -262,9 +277,12 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     """End the session on the server and in the browser."""
+    user, sid = current_user(request), request.get(keys.session_id)
     async with request.app[keys.sessionmaker]() as db:
         await logout_user(request, db)
         await db.commit()
+    if user is not None and sid:
+        await ws_sessions.end_sessions(request.app, user.id, sid=sid)
     flash(request, "You are logged out.")
     raise _redirect("/")
 
@@ -373,6 +391,7 @@ async def _token_submit(
         if purpose == "invite" and keep is None:
             await login_user(request, db, user)
         await db.commit()
+    await ws_sessions.end_sessions(request.app, user.id, keep=keep)
     await ratelimit.clear(get_limiter(request.app), ratelimit.LOGIN_PER_ACCOUNT, user.email)
     return user, None
 

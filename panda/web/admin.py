@@ -25,7 +25,7 @@ from panda.store.accounts import (
 )
 from panda.store.models import ROLES, User
 from panda.store.users import create_user
-from panda.web import account_mail
+from panda.web import account_mail, ws_sessions
 from panda.web.auth import end_other_sessions, flash, require_role
 from panda.web.forms import read_form
 from panda.web.render import render
@@ -288,6 +288,8 @@ async def user_action(request: web.Request) -> web.StreamResponse:
         else:
             raise NotFound("That action does not exist.")
         await db.commit()
+    if action == "deactivate":
+        await ws_sessions.end_sessions(request.app, user.id)
     if token is not None:
         await account_mail.send_invitation(request.app, user, token, admin)
     flash(request, message, "success")

@@ -24,6 +24,7 @@ from panda.media.errors import SignalError
 from panda.store import calls as store
 from panda.store.models import User
 from panda.web.auth import current_user
+from panda.web.call_placement import PLACEMENT
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ SOURCES = frozenset({"camera", "microphone", "screen"})
 CLOSE_REPLACED = 4001
 CLOSE_ENDED = 4002
 CLOSE_NOT_OPEN = 4003
+CLOSE_REDIRECTED = 4004
 CLOSE_POLICY = 4008
 
 SendFn = Callable[[dict[str, Any]], Awaitable[None]]
@@ -305,6 +307,16 @@ def check_origin(request: web.Request) -> None:
         raise Forbidden("This call can only be joined from this site.")
 
 
+async def check_call_origin(request: web.Request) -> None:
+    """Like `check_origin`, also accepting a page served by a sibling process (a redirect)."""
+    origin = (request.headers.get("Origin") or "").rstrip("/")
+    if origin and origin not in allowed_origins(request):
+        placement = request.app.get(PLACEMENT)
+        if placement is not None and await placement.known_origin(origin):
+            return
+    check_origin(request)
+
+
 def _booking_id(request: web.Request) -> int:
     from panda.web.calls import session_id_from
 
@@ -433,6 +445,8 @@ class CallSession:
                 await self.error("room-ended", "This session's call has ended.")
                 await self.conn.close(CLOSE_ENDED, "ended")
                 return
+            if not await self._placed_here():
+                return
             await store.participant_joined(db, access, self.user)
             await db.commit()
         rooms = self.app.get(ROOMS)
@@ -489,6 +503,22 @@ class CallSession:
                 exclude=self.conn,
             )
 
+    async def _placed_here(self) -> bool:
+        """True when the room lives (or now starts) on this process; else the browser is sent on."""
+        placement = self.app.get(PLACEMENT)
+        if placement is None:
+            return True
+        where = await placement.claim(self.booking_id, self)
+        if where.local:
+            return True
+        if where.url is not None:
+            await self.conn.send({"type": "redirect", "url": where.url})
+            await self.conn.close(CLOSE_REDIRECTED, "redirected")
+            return False
+        await self.error("media-failed", "The call cannot be placed right now; retrying may help.")
+        await self.conn.close(WSCloseCode.TRY_AGAIN_LATER, "no placement")
+        return False
+
     def _sender(self, generation: int) -> SendFn:
         async def send(msg: dict[str, Any]) -> None:
             if generation == self.conn.generation:
@@ -517,6 +547,14 @@ class CallSession:
         )
 
     async def _cleanup(self) -> None:
+        try:
+            await self._leave_call()
+        finally:
+            placement = self.app.get(PLACEMENT)
+            if placement is not None:
+                await placement.leave(self.booking_id, self)
+
+    async def _leave_call(self) -> None:
         await self.conn.close(WSCloseCode.GOING_AWAY, "bye")
         if not self.hub.remove(self.conn):
             return  # replaced by a newer connection of the same person, or the call ended
@@ -547,7 +585,7 @@ async def call_socket(request: web.Request) -> web.StreamResponse:
     if user is None:
         # A redirect to the login page means nothing to a websocket client.
         raise web.HTTPUnauthorized(text="Please log in to join the call.")
-    check_origin(request)
+    await check_call_origin(request)
     booking_id = _booking_id(request)
     async with request.app[keys.sessionmaker]() as db:
         access = await store.get_access(db, booking_id, user)

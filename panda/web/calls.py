@@ -13,11 +13,14 @@ from aiohttp import web
 from sqlalchemy import select
 
 from panda import keys
-from panda.errors import Conflict, Forbidden, NotFound
+from panda.bus import BUS, setup_bus
+from panda.errors import Conflict, Forbidden, NotFound, PandaError
 from panda.store import calls as store
 from panda.store.models import User
 from panda.web import call_ws
 from panda.web.auth import require_user
+from panda.web.call_placement import PLACEMENT, RoomPlacement
+from panda.web.call_remote import COMMANDS, OwnerUnavailable, RoomCommands, owner_elsewhere
 from panda.web.call_ws import CALL_HUB, ROOMS, room_key
 from panda.web.call_ws import recordings_of as _recordings
 from panda.web.render import render
@@ -103,6 +106,10 @@ OPENAPI: dict[str, Any] = {
                 "403": {"description": "Only the tutor or an admin may end it", "content": _ERR},
                 "404": {"description": "No such session", "content": _ERR},
                 "409": {"description": "The session is not booked", "content": _ERR},
+                "503": {
+                    "description": "The server process holding the call did not answer",
+                    "content": _ERR,
+                },
             },
         }
     },
@@ -133,6 +140,10 @@ OPENAPI: dict[str, Any] = {
                 },
                 "403": {"description": "Admins only", "content": _ERR},
                 "404": {"description": "No such session", "content": _ERR},
+                "503": {
+                    "description": "The server process holding the call did not answer",
+                    "content": _ERR,
+                },
             },
         }
     },
@@ -147,14 +158,30 @@ def session_id_from(request: web.Request) -> int:
     return int(raw)
 
 
-def _live(request: web.Request, booking_id: int) -> dict[int, dict[str, Any]]:
-    hub = request.app[CALL_HUB]
+LIVE_TIMEOUT = 2.0  # the live part of room info is optional: do not hold the page up for it
+
+
+def _local_live(app: web.Application, booking_id: int) -> dict[int, dict[str, Any]]:
+    hub = app[CALL_HUB]
     return {c.user_id: c.describe() for c in hub.connections(booking_id) if c.joined}
+
+
+async def _live(app: web.Application, booking_id: int) -> dict[int, dict[str, Any]]:
+    """Who is connected to the call and how, asked of the process holding it when elsewhere."""
+    try:
+        owner = await owner_elsewhere(app, booking_id)
+        if owner is None:
+            return _local_live(app, booking_id)
+        body = await app[COMMANDS].ask(owner, "live", booking_id=booking_id, wait_s=LIVE_TIMEOUT)
+    except PandaError:
+        return {}
+    people = body.get("participants")
+    return {int(k): v for k, v in people.items()} if isinstance(people, dict) else {}
 
 
 async def _room_json(request: web.Request, db: Any, access: store.CallAccess) -> dict[str, Any]:
     info = await store.room_info(db, access.booking)
-    live = _live(request, access.booking.id)
+    live = await _live(request.app, access.booking.id)
     for part in info["participants"]:
         state = live.get(part["user_id"])
         part["media"] = state["media"] if state else None
@@ -244,7 +271,7 @@ async def end_room(request: web.Request) -> web.Response:
         await store.end_room(db, access.booking, by=user, reason="ended by " + access.role)
         await db.commit()
         info = await _room_json(request, db, access)
-    await asyncio.shield(_close_call(request.app, booking_id))
+    await asyncio.shield(close_call_everywhere(request.app, booking_id))
     return web.json_response(info)
 
 
@@ -256,12 +283,27 @@ async def room_stats(request: web.Request) -> web.Response:
     booking_id = session_id_from(request)
     async with request.app[keys.sessionmaker]() as db:
         await store.get_access(db, booking_id, user)
-    rooms = request.app.get(ROOMS)
+    owner = await owner_elsewhere(request.app, booking_id)
+    if owner is not None:
+        body = await request.app[COMMANDS].ask(owner, "stats", booking_id=booking_id)
+    else:
+        body = _local_stats(request.app, booking_id)
+    return web.json_response({"session_id": booking_id, **body})
+
+
+def _local_stats(app: web.Application, booking_id: int) -> dict[str, Any]:
+    rooms = app.get(ROOMS)
     room = rooms.get(room_key(booking_id)) if rooms is not None else None
     stats: dict[str, Any] = room.stats() if room is not None else {}
-    return web.json_response(
-        {"session_id": booking_id, "live": room is not None, "participants": stats}
-    )
+    return {"live": room is not None, "participants": stats}
+
+
+async def close_call_everywhere(app: web.Application, booking_id: int) -> None:
+    """Close a call here and on the process holding its room (OwnerUnavailable if it is mute)."""
+    await _close_call(app, booking_id)
+    owner = await owner_elsewhere(app, booking_id)
+    if owner is not None:
+        await app[COMMANDS].ask(owner, "end", booking_id=booking_id)
 
 
 async def _close_call(app: web.Application, booking_id: int) -> None:
@@ -287,7 +329,10 @@ async def sweep_once(app: web.Application) -> list[int]:
         ended = await store.close_expired(db)
         await db.commit()
     for booking_id in ended:
-        await _close_call(app, booking_id)
+        try:
+            await close_call_everywhere(app, booking_id)
+        except OwnerUnavailable:
+            log.warning("the server holding session %s's call did not answer", booking_id)
     return ended
 
 
@@ -328,6 +373,44 @@ async def _start_ice_network(app: web.Application) -> Any:
     return await IceNetwork.start(app[keys.settings])
 
 
+async def _start_placement(
+    app: web.Application,
+) -> tuple[RoomPlacement | None, RoomCommands | None]:
+    """Room leases and forwarded room commands, when processes share a bus (Redis)."""
+    bus = app.get(BUS)
+    if bus is None:
+        return None, None
+    placement = RoomPlacement(bus, app[keys.settings].node_url)
+    app[PLACEMENT] = placement
+    if not placement.enabled:
+        return placement, None
+    placement.start()
+    commands = RoomCommands(bus, placement.owner)
+
+    async def end(args: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.shield(_close_call(app, int(args["booking_id"])))
+        return {}
+
+    async def stats(args: dict[str, Any]) -> dict[str, Any]:
+        return _local_stats(app, int(args["booking_id"]))
+
+    async def live(args: dict[str, Any]) -> dict[str, Any]:
+        return {"participants": _local_live(app, int(args["booking_id"]))}
+
+    async def moved(booking_id: int) -> None:
+        # Another process holds the room now: the pages reconnect and are sent there.
+        for conn in app[CALL_HUB].connections(booking_id):
+            await conn.close(1001, "room moved")
+
+    placement.on_lost = moved
+    commands.register("end", end)
+    commands.register("stats", stats)
+    commands.register("live", live)
+    await commands.start()
+    app[COMMANDS] = commands
+    return placement, commands
+
+
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     # Tests may install their own registry before the app starts.
     owned = ROOMS not in app
@@ -335,6 +418,7 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     if owned:
         network = await _start_ice_network(app)
         app[ROOMS] = _create_registry(app)
+    placement, commands = await _start_placement(app)
     sweeper = asyncio.create_task(_sweeper(app), name="call-room-sweeper")
     try:
         yield
@@ -342,6 +426,10 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        if commands is not None:
+            await commands.close()
+        if placement is not None:
+            await placement.close()
         rooms = app.get(ROOMS)
         if owned and rooms is not None:
             await rooms.close()
@@ -367,5 +455,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/sessions/{session_id}/room", open_room)
     app.router.add_post("/api/sessions/{session_id}/room/end", end_room, name="room_end")
     app.router.add_get("/api/sessions/{session_id}/room/stats", room_stats, name="room_stats")
+    setup_bus(app)  # placement of rooms across processes takes leases through the bus
     app.cleanup_ctx.append(_calls_ctx)
     app.on_shutdown.append(_close_sockets)

@@ -6,11 +6,19 @@ Events (server → client): `hello`, `message` (chat; exactly once and in order 
 Client → server: `watch` {conversation_id, after_seq} (resume a conversation from the last seq
 the page has), `read` {conversation_id, seq}, `ping`.
 
+A tab that reconnects names the conversations it watches in the URL:
+`/ws/live?watch=<conversation id>:<last seq it has>` (repeatable; `watch=<id>` means "from now").
+Those are filled from the database before any bus event is forwarded, so nothing published
+around the reconnect can overtake the fill.
+
 Delivery rule per watched conversation: the connection remembers the last seq it delivered; a bus
 event that skips ahead is preceded by the missing messages read from the database, an event at or
 below it is dropped. After the bus reconnects (Redis restarted) every watched conversation is
-re-read from the database. So a page never loses or duplicates a message. Messages of
-conversations the tab does not watch are passed on as they come (for unread badges).
+re-read from the database. So a page never loses or duplicates a message. Every `message` event
+says `"watched": true` when it comes under that rule. Messages of conversations the connection
+does not watch (yet) are passed on as they come with `"watched": false` (for unread badges): they
+may arrive out of order and again in the fill of a later `watch`, so a page must not move its
+resume point with them and must dedupe by seq.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from panda.bus import BUS, RESYNC_TYPE, BusUnavailable, Subscription, setup_bus
 from panda.errors import PandaError
 from panda.store import chat as store
 from panda.store.models import ConversationMember, User
+from panda.web import ws_sessions
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,7 @@ ADMIN_CHANNEL = "admins"
 PRESENCE_TTL = 60.0
 PRESENCE_REFRESH = 20.0
 FILL_PAGE = 200
+MAX_URL_WATCHES = 50
 MAX_CLIENT_MESSAGE = 4096
 CLIENT_MESSAGES_PER_SECOND = 20
 
@@ -132,10 +142,17 @@ async def partner_ids(app: web.Application, user_id: int) -> list[int]:
 class LiveConnection:
     """One tab's websocket: a bus subscription, cursors per conversation, presence."""
 
-    def __init__(self, app: web.Application, user: User, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        user: User,
+        ws: web.WebSocketResponse,
+        watches: dict[int, int | None] | None = None,
+    ) -> None:
         self.app = app
         self.user = user
         self.ws = ws
+        self.initial_watches = dict(watches or {})
         self.conn_id = f"{app[BUS].node_id}/{secrets.token_hex(8)}"
         self.cursors: dict[int, int] = {}
         self.inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -173,6 +190,19 @@ class LiveConnection:
                         await self.send(event)
                 except Exception:
                     log.exception("live snapshot provider failed")
+            # Bus events wait in the subscription until these fills are sent (see module doc).
+            for conversation_id, after in self.initial_watches.items():
+                try:
+                    await self._watch(conversation_id, after)
+                except PandaError as exc:
+                    await self.send(
+                        {
+                            "type": "error",
+                            "error": exc.message,
+                            "status": exc.status,
+                            "conversation_id": conversation_id,
+                        }
+                    )
             tasks = [
                 asyncio.create_task(self._read_client()),
                 asyncio.create_task(self._forward_bus()),
@@ -273,8 +303,8 @@ class LiveConnection:
         seq = int(event["message"]["seq"])
         cursor = self.cursors.get(conversation_id)
         if cursor is None:
-            # Not watched by this tab (e.g. the conversation list): a notification only.
-            await self.send(event)
+            # Not watched by this connection (e.g. the conversation list): a notification only.
+            await self.send({**event, "watched": False})
             return
         if seq <= cursor:
             return  # already delivered (from the database or an earlier event)
@@ -283,7 +313,7 @@ class LiveConnection:
             await self._fill(conversation_id)
             if seq <= self.cursors[conversation_id]:
                 return
-        await self.send(event)
+        await self.send({**event, "watched": True})
         self.cursors[conversation_id] = seq
 
     async def _fill(self, conversation_id: int) -> None:
@@ -298,6 +328,7 @@ class LiveConnection:
                         "type": "message",
                         "conversation_id": conversation_id,
                         "message": store.message_json(message, name),
+                        "watched": True,
                     }
                 )
                 self.cursors[conversation_id] = message.seq
@@ -311,28 +342,34 @@ class LiveConnection:
         elif kind == "watch":
             conversation_id = _int_field(data, "conversation_id")
             after = data.get("after_seq")
-            if after is not None and (not isinstance(after, int) or after < 0):
+            if after is not None and (
+                not isinstance(after, int) or isinstance(after, bool) or after < 0
+            ):
                 raise _ClientError("after_seq must be a whole number.")
-            async with self.app[keys.sessionmaker]() as db:
-                conversation, _ = await store.conversation_for(db, conversation_id, self.user.id)
-            start = conversation.last_seq if after is None else after
-            known = self.cursors.get(conversation_id)
-            # Watching again on the same connection never goes back (nothing is sent twice).
-            self.cursors[conversation_id] = start if known is None else max(start, known)
-            await self._fill(conversation_id)
-            await self.send(
-                {
-                    "type": "watching",
-                    "conversation_id": conversation_id,
-                    "seq": self.cursors[conversation_id],
-                }
-            )
+            await self._watch(conversation_id, after)
         elif kind == "read":
             conversation_id = _int_field(data, "conversation_id")
             seq = _int_field(data, "seq")
             await chat.mark_read(self.app, self.user, conversation_id, seq)
         else:
             raise _ClientError("Unknown message type.")
+
+    async def _watch(self, conversation_id: int, after: int | None) -> None:
+        """Start (or continue) delivering a conversation after seq `after` (None: from now)."""
+        async with self.app[keys.sessionmaker]() as db:
+            conversation, _ = await store.conversation_for(db, conversation_id, self.user.id)
+        start = conversation.last_seq if after is None else after
+        known = self.cursors.get(conversation_id)
+        # Watching again on the same connection never goes back (nothing is sent twice).
+        self.cursors[conversation_id] = start if known is None else max(start, known)
+        await self._fill(conversation_id)
+        await self.send(
+            {
+                "type": "watching",
+                "conversation_id": conversation_id,
+                "seq": self.cursors[conversation_id],
+            }
+        )
 
     # -- presence --------------------------------------------------------------------------------
     async def _presence_join(self) -> None:
@@ -374,6 +411,22 @@ def _int_field(data: dict[str, Any], name: str) -> int:
     return value
 
 
+def parse_watches(values: list[str]) -> dict[int, int | None]:
+    """`watch` query values (`<conversation id>` or `<id>:<after seq>`) as {id: after seq}.
+
+    Raises ValueError on anything else, or on more than MAX_URL_WATCHES conversations.
+    """
+    watches: dict[int, int | None] = {}
+    for value in values:
+        conv, sep, seq = value.partition(":")
+        if not conv.isdigit() or (sep and not seq.isdigit()) or len(value) > 40:
+            raise ValueError(f"bad watch value {value!r}")
+        watches[int(conv)] = int(seq) if sep else None
+    if len(watches) > MAX_URL_WATCHES:
+        raise ValueError("too many watches")
+    return watches
+
+
 def origin_allowed(request: web.Request) -> bool:
     """Browsers send Origin on websocket upgrades: it must be our own site."""
     origin = request.headers.get("Origin")
@@ -394,9 +447,16 @@ async def live_ws(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "Please log in."}, status=401)
     if not origin_allowed(request):
         return web.json_response({"error": "Cross-site websocket refused."}, status=403)
+    try:
+        watches = parse_watches(request.query.getall("watch", []))
+    except ValueError:
+        return web.json_response(
+            {"error": f"watch must be <conversation id>[:<seq>], at most {MAX_URL_WATCHES}."},
+            status=400,
+        )
     ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    conn = LiveConnection(request.app, user, ws)
+    conn = LiveConnection(request.app, user, ws, watches)
     request.app[CONNECTIONS].add(conn)
     try:
         await conn.run()
@@ -420,3 +480,4 @@ def setup(app: web.Application) -> None:
     app.setdefault(LIVE_SNAPSHOTS, []).append(_admin_sessions_snapshot)
     app.on_shutdown.append(_close_all)
     app.router.add_get("/ws/live", live_ws, name="live_ws")
+    ws_sessions.setup(app)

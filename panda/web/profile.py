@@ -25,7 +25,7 @@ from panda.store.accounts import (
     timezone_groups,
 )
 from panda.store.models import Booking, User
-from panda.web import account_mail
+from panda.web import account_mail, ws_sessions
 from panda.web.auth import (
     SESSION_LIFETIME,
     current_user,
@@ -108,6 +108,7 @@ async def end_sessions(request: web.Request) -> web.StreamResponse:
     async with request.app[keys.sessionmaker]() as db:
         await end_other_sessions(db, user.id, keep=request.get(keys.session_id))
         await db.commit()
+    await ws_sessions.end_sessions(request.app, user.id, keep=request.get(keys.session_id))
     flash(request, "Your other devices are logged out.", "success")
     raise web.HTTPSeeOther("/profile")
 
@@ -210,6 +211,7 @@ async def password_change(request: web.Request) -> web.StreamResponse:
         await set_password(db, fresh, new)
         await end_other_sessions(db, fresh.id, keep=request.get(keys.session_id))
         await db.commit()
+    await ws_sessions.end_sessions(request.app, fresh.id, keep=request.get(keys.session_id))
     await account_mail.send_password_changed(request.app, fresh)
     flash(request, "Your password is changed. Other devices were logged out.", "success")
     raise web.HTTPSeeOther("/profile")

@@ -18,6 +18,7 @@ from panda.media.recording_service import COMBINED_NAME, RECORDINGS, recordings_
 from panda.store import recordings as store
 from panda.store.models import RECORDING_STATUSES, AuditEntry, Recording, RecordingFile, User
 from panda.web.auth import flash, require_role, require_user
+from panda.web.call_remote import COMMANDS, owner_elsewhere
 from panda.web.call_ws import CALL_HUB, ROOMS, room_key
 from panda.web.forms import read_form, read_json
 from panda.web.render import NAV_EXTRA_KEY, render
@@ -109,6 +110,7 @@ OPENAPI: dict[str, Any] = {
                 "200": {"description": "Recording started or stopped"},
                 "409": {"description": "Not running / already recording"},
                 "422": {"description": "Bad action"},
+                "503": {"description": "The server process holding the call did not answer"},
                 **_ERRORS,
             },
         }
@@ -471,12 +473,23 @@ async def api_session_recording(request: web.Request) -> web.StreamResponse:
     action = body.get("action")
     if action not in ("start", "stop"):
         raise ValidationError("Unknown action.", fields={"action": "start or stop"})
-    service = request.app[RECORDINGS]
+    # The recorder taps the media room: with several processes, the one holding it records.
+    owner = await owner_elsewhere(request.app, booking_id)
+    if owner is not None:
+        body = await request.app[COMMANDS].ask(
+            owner, "recording", booking_id=booking_id, user_id=user.id, action=action
+        )
+        return web.json_response(body)
+    return web.json_response(await _record(request.app, booking_id, user, action))
+
+
+async def _record(app: web.Application, booking_id: int, user: User, action: str) -> dict[str, Any]:
+    service = app[RECORDINGS]
     if action == "start":
         recording = await service.start(booking_id, user)
-        return web.json_response({"recording": True, "recording_id": recording.id})
+        return {"recording": True, "recording_id": recording.id}
     recording_id = await service.stop(booking_id, user)
-    return web.json_response({"recording": False, "recording_id": recording_id})
+    return {"recording": False, "recording_id": recording_id}
 
 
 async def _connect_calls(app: web.Application) -> AsyncIterator[None]:
@@ -492,8 +505,21 @@ async def _connect_calls(app: web.Application) -> AsyncIterator[None]:
         if hub is not None:
             await hub.broadcast(booking_id, message)
 
+    async def remote_record(args: dict[str, Any]) -> dict[str, Any]:
+        # Asked by the process that received the record button's request.
+        async with app[keys.sessionmaker]() as db:
+            user = await db.get(User, int(args["user_id"]))
+        if args.get("action") not in ("start", "stop"):
+            raise BadRequest("Unknown action.")
+        if user is None:
+            raise NotFound("There is no such user.")
+        return await _record(app, int(args["booking_id"]), user, str(args["action"]))
+
     service.room_lookup = room_lookup
     service.add_listener(tell_call)
+    commands = app.get(COMMANDS)
+    if commands is not None:
+        commands.register("recording", remote_record)
     yield
 
 

@@ -6,8 +6,19 @@ import { StatsWatcher } from "./stats.js";
 
 const DISCONNECT_GRACE_MS = 3000; // "disconnected" this long => new peer connection
 const CONNECT_TIMEOUT_MS = 15000; // no media connection this long after joining => new peer connection
-const BACKOFF_MS = [500, 1000, 2000, 3000, 5000];
-const MEDIA_STALL_MS = 8000; // connected, others publishing, nothing received this long => new peer connection
+const BACKOFF_MS = [0, 500, 1000, 2000, 3000, 5000]; // after a socket closed; the first retry is at once
+// While the network is down nothing fails, it just goes silent; without these limits a lost
+// handshake or a dead socket would only be noticed after TCP's own (growing) retry delays.
+const JOIN_REPLY_TIMEOUT_MS = 2000; // a join unanswered this long: the socket is taken for dead
+const SOCKET_OPEN_TIMEOUT_MS = 3000; // a socket not open this long is tried again
+const CHECK_TIMEOUT_MS = 1500; // the room check before reconnecting
+const SILENT_RETRY_MS = 500; // retry after a timeout (not backed off: nothing reached the server)
+const SILENT_MAX_FACTOR = 4; // the three timeouts double with each one in a row (a slow server), up to this
+// Connected, others publishing, nothing received this long => new peer connection. Longer than
+// the server takes to drop a participant whose network died (5 s heartbeat + 2.5 s), so that
+// the others do not start over because of someone else's outage.
+const MEDIA_STALL_MS = 12000;
+const MAX_REDIRECTS = 3; // redirects in a row without a join => back off and ask this server again
 const STATUS_TEXT = {
   idle: "Ready to join",
   waiting: "Not open yet",
@@ -23,6 +34,8 @@ class CallPage {
     this.root = root;
     this.sessionId = root.dataset.sessionId;
     this.wsPath = root.dataset.wsPath;
+    this.redirectUrl = null; // the signalling socket of the server process holding the room
+    this.redirects = 0;
     this.otherName = root.dataset.otherName;
     this.opensAt = new Date(root.dataset.opensAt);
     try {
@@ -40,6 +53,7 @@ class CallPage {
     this.participants = new Map(); // participant_id -> {name, role, media, connection}
     this.leaving = false;
     this.attempt = 0;
+    this.silent = 0; // timeouts in a row since the last join reply
     this.timers = {};
     this.stats = new StatsWatcher(root);
     this.q = (sel) => root.querySelector(sel);
@@ -217,13 +231,17 @@ class CallPage {
   openSocket() {
     clearTimeout(this.timers.reconnect);
     if (this.sig) this.sig.close();
-    const sig = new Signalling(socketUrl(this.wsPath));
+    const sig = new Signalling(this.redirectUrl || socketUrl(this.wsPath));
     this.sig = sig;
     this.stats.field("signalling", "connecting");
     sig.addEventListener("open", () => {
+      clearTimeout(this.timers.socketOpen);
       this.stats.field("signalling", "open");
-      sig.send({ type: "join" });
+      this.sendJoin(sig);
     });
+    this.timers.socketOpen = setTimeout(() => {
+      if (this.sig === sig && !sig.isOpen) this.socketSilent();
+    }, this.patience(SOCKET_OPEN_TIMEOUT_MS));
     // One message at a time, in order: an offer must be applied before the next candidate.
     let chain = Promise.resolve();
     sig.addEventListener("message", (event) => {
@@ -233,16 +251,64 @@ class CallPage {
     sig.connect();
   }
 
+  /** Send a join and expect its reply in time: during an outage a socket dies silently. */
+  sendJoin(sig) {
+    sig.send({ type: "join" });
+    clearTimeout(this.timers.joinReply);
+    this.timers.joinReply = setTimeout(() => {
+      if (this.sig === sig) this.socketSilent();
+    }, this.patience(JOIN_REPLY_TIMEOUT_MS));
+  }
+
+  /** A timeout, longer after each one in a row: a slow server still gets through. */
+  patience(ms) {
+    return ms * Math.min(2 ** this.silent, SILENT_MAX_FACTOR);
+  }
+
+  /** The socket went silent (no open, no join reply): drop it and start over on a new one. */
+  socketSilent() {
+    if (this.leaving || !["connecting", "connected", "reconnecting"].includes(this.state)) return;
+    this.silent += 1;
+    this.stats.field("signalling", "no answer");
+    if (this.sig) this.sig.close();
+    this.sig = null;
+    this.redirectUrl = null; // start again at this page's own server, as after a close
+    if (this.peer) this.peer.detach();
+    this.applyState("reconnecting");
+    this.banner("Connection lost. Reconnecting…");
+    clearTimeout(this.timers.reconnect);
+    this.timers.reconnect = setTimeout(() => this.checkThenReconnect(), 0);
+  }
+
   onSocketClose({ code }) {
+    clearTimeout(this.timers.joinReply);
+    clearTimeout(this.timers.socketOpen);
     this.stats.field("signalling", `closed (${code})`);
+    // Reconnects start at this page's own server, which knows where the room lives now
+    // (the process we were sent to may be the one that went away).
+    this.redirectUrl = null;
     if (this.leaving || this.state === "ended" || this.state === "failed") return;
     if (code === 4001) return this.finish("replaced");
+    if (code === 4005) {
+      // The login session ended (logged out elsewhere, password changed): rejoining needs a login.
+      this.finish("ended");
+      window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
+      return;
+    }
     if (code === 4002) return this.finish("ended");
     if (code === 4003) return this.backToWaiting();
+    if (code === 4004) {
+      // Redirected: the redirect message (queued before this close) opens the next socket.
+      clearTimeout(this.timers.reconnect);
+      this.timers.reconnect = setTimeout(() => this.scheduleReconnect(), 2000);
+      return;
+    }
     this.scheduleReconnect();
   }
 
   scheduleReconnect() {
+    clearTimeout(this.timers.joinReply);
+    clearTimeout(this.timers.socketOpen);
     if (this.peer) this.peer.detach();
     this.applyState("reconnecting");
     this.banner("Connection lost. Reconnecting…");
@@ -253,18 +319,31 @@ class CallPage {
   }
 
   async checkThenReconnect() {
+    if (this.leaving || this.state !== "reconnecting") return;
     // Ask the API first: a closed socket says nothing about why (ended, no access, server down).
     let info = null;
     try {
-      const resp = await fetch(`/api/sessions/${this.sessionId}/room`, { credentials: "same-origin" });
+      const resp = await fetch(`/api/sessions/${this.sessionId}/room`, {
+        credentials: "same-origin",
+        signal: AbortSignal.timeout(this.patience(CHECK_TIMEOUT_MS)),
+      });
       if (resp.status === 401 || resp.status === 403 || resp.status === 404) {
         const body = await resp.json().catch(() => ({}));
         return this.fail(body.error || "You no longer have access to this call.");
       }
       if (resp.ok) info = await resp.json();
-    } catch {
+    } catch (err) {
+      if (err && err.name === "TimeoutError") {
+        this.silent += 1;
+        // Silence, not a refusal: the network is probably down. Try again soon, so that
+        // the call is back as soon as it returns.
+        clearTimeout(this.timers.reconnect);
+        this.timers.reconnect = setTimeout(() => this.checkThenReconnect(), SILENT_RETRY_MS);
+        return;
+      }
       /* server unreachable: keep trying */
     }
+    if (this.leaving || this.state === "ended" || this.state === "failed") return;
     if (info && info.window === "ended") return this.finish("ended");
     if (info && info.window === "not_open") return this.backToWaiting();
     if (!info) return this.scheduleReconnect();
@@ -279,7 +358,7 @@ class CallPage {
     this.applyState("reconnecting");
     this.banner(reason);
     if (this.peer) this.peer.detach();
-    if (this.sig && this.sig.isOpen) this.sig.send({ type: "join" });
+    if (this.sig && this.sig.isOpen) this.sendJoin(this.sig);
     else this.scheduleReconnect();
   }
 
@@ -301,6 +380,7 @@ class CallPage {
         return;
       case "participant-joined":
         this.participants.set(msg.participant_id, msg);
+        this.stats.expectMedia();
         this.toast(`${msg.name} joined`);
         this.renderRemote();
         return;
@@ -313,6 +393,9 @@ class CallPage {
       }
       case "participant-state": {
         const who = this.participants.get(msg.participant_id);
+        if (who && msg.connection === "connected" && who.connection !== "connected") {
+          this.stats.expectMedia();
+        }
         if (who) who.connection = msg.connection;
         return;
       }
@@ -336,7 +419,10 @@ class CallPage {
   }
 
   onJoined(msg) {
+    clearTimeout(this.timers.joinReply);
+    this.silent = 0;
     this.participantId = msg.participant_id;
+    this.redirects = 0;
     const indicator = document.querySelector("[data-recording-indicator]");
     if (indicator && indicator.hidden === Boolean(msg.recording)) {
       // The recording started or stopped while we were away (reconnect).
@@ -424,11 +510,25 @@ class CallPage {
   }
 
   onRedirect(msg) {
-    // Reserved for scale-out: another node owns this room. Only same-site paths are followed.
-    if (typeof msg.path === "string" && msg.path.startsWith("/ws/") && !msg.path.startsWith("//")) {
-      this.wsPath = msg.path;
-      this.openSocket();
+    // Another server process holds this room: talk to its signalling socket instead. Only this
+    // call's socket on this site's host (any port) is followed.
+    if (this.leaving || this.state === "ended" || this.state === "failed") return;
+    let url;
+    try {
+      url = new URL(msg.url);
+    } catch {
+      return;
     }
+    const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+    if (url.protocol !== scheme || url.hostname !== window.location.hostname || url.pathname !== this.wsPath) return;
+    this.redirects += 1;
+    if (this.redirects > MAX_REDIRECTS) {
+      this.redirects = 0;
+      this.sig.close();
+      return this.scheduleReconnect();
+    }
+    this.redirectUrl = url.href;
+    this.openSocket();
   }
 
   async onError(msg) {

@@ -1,6 +1,6 @@
 // The signalling websocket: JSON in, JSON out, events for open/message/close.
 
-/** wss:// under https, ws:// otherwise; `path` may be replaced by a same-origin redirect. */
+/** wss:// under https, ws:// otherwise, on this page's own host (a redirect names another process's URL). */
 export function socketUrl(path) {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${window.location.host}${path}`;

@@ -24,6 +24,11 @@ export class StatsWatcher {
     this.lastInboundGrowth = performance.now();
   }
 
+  /** Someone (re)connected: their media gets its time before silence counts as a stall. */
+  expectMedia() {
+    this.lastInboundGrowth = Math.max(this.lastInboundGrowth, performance.now());
+  }
+
   /** Read the peer connection's statistics once and show them. */
   async update(pc) {
     if (!pc || pc.connectionState === "closed") return;

@@ -414,11 +414,17 @@ export function mountChat(root, options) {
   stops.push(live.on("connected", () => showError("")));
 
   async function start() {
+    // Resume from what the page got in one piece (server-rendered or one API page), not from
+    // messages the websocket may have passed on meanwhile: those can run ahead of a gap.
+    let resumeSeq = maxSeq();
     if (!bySeq.size) {
       try {
         const data = await api("GET", `/api/conversations/${conversationId}/messages?limit=${PAGE}`);
         otherReadSeq = Math.max(otherReadSeq, data.other_read_seq);
-        for (const m of data.messages) insertOlder(m);
+        for (const m of data.messages) {
+          insertOlder(m);
+          resumeSeq = Math.max(resumeSeq, m.seq);
+        }
         hasMore = data.has_more;
         if (!data.messages.length) {
           list.after(el("p", { class: "chat-empty-log muted", dataset: { empty: "" } }, "No messages yet."));
@@ -428,7 +434,7 @@ export function mountChat(root, options) {
       }
     }
     // The server sends anything newer than what we show, then keeps us up to date.
-    live.watch(conversationId, maxSeq());
+    live.watch(conversationId, resumeSeq);
     updateSeen();
     scrollToBottom();
     maybeMarkRead();

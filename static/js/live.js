@@ -1,17 +1,24 @@
 // One websocket per tab to /ws/live. Other scripts import { live } and listen:
 //   live.on("message", (event) => ...)   or   window.addEventListener("panda:live", ...)
 // It reconnects by itself and, for every watched conversation, resumes after the last message
-// seq it delivered, so the server fills the gap: nothing lost, nothing repeated.
+// seq it delivered, so the server fills the gap: nothing lost, nothing repeated. The watches go
+// in the websocket URL, so the server fills them before it forwards anything published meanwhile.
+// `message` events with watched === false (a conversation the server was not yet told about) may
+// come early or twice: they never move a resume point, and panels dedupe them by seq.
 
 const MAX_BACKOFF_MS = 15000;
+const MAX_URL_WATCHES = 50; // the server's limit
+const SESSION_ENDED = 4005; // close code: the login session was ended
 
 class Live extends EventTarget {
   constructor() {
     super();
     this.ws = null;
     this.watches = new Map(); // conversation id -> last delivered seq (or null: from now)
+    this.urlWatches = new Set(); // ids the current socket's URL already asked for
     this.backoff = 500;
     this.started = false;
+    this.ended = false;
     this.connected = false;
     this.unreadTotal = null;
     this.timer = null;
@@ -22,24 +29,34 @@ class Live extends EventTarget {
     this.started = true;
     this.connect();
     document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible" && !this.connected) this.reconnectSoon(0);
+      if (document.visibilityState === "visible" && !this.connected && !this.ended) this.reconnectSoon(0);
     });
   }
 
   connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const query = new URLSearchParams();
+    const inUrl = new Set();
+    for (const [id, seq] of this.watches) {
+      if (inUrl.size >= MAX_URL_WATCHES) break;
+      query.append("watch", seq == null ? String(id) : `${id}:${seq}`);
+      inUrl.add(id);
+    }
+    const qs = inUrl.size ? `?${query}` : "";
     let ws;
     try {
-      ws = new WebSocket(`${scheme}//${location.host}/ws/live`);
+      ws = new WebSocket(`${scheme}//${location.host}/ws/live${qs}`);
     } catch (err) {
       this.reconnectSoon();
       return;
     }
     this.ws = ws;
+    this.urlWatches = inUrl;
     ws.addEventListener("open", () => {
       this.connected = true;
       this.backoff = 500;
-      for (const [id, seq] of this.watches) this.sendWatch(id, seq);
+      // Watches added while connecting (or beyond the URL's limit) go as messages.
+      for (const [id, seq] of this.watches) if (!inUrl.has(id)) this.sendWatch(id, seq);
       this.emit({ type: "connected" });
     });
     ws.addEventListener("message", (msg) => {
@@ -50,7 +67,7 @@ class Live extends EventTarget {
         return;
       }
       if (!event || typeof event.type !== "string") return;
-      if (event.type === "message" && event.message) {
+      if (event.type === "message" && event.message && event.watched !== false) {
         const id = event.conversation_id;
         if (this.watches.has(id)) {
           const seen = this.watches.get(id);
@@ -64,11 +81,17 @@ class Live extends EventTarget {
       if (typeof event.unread_total === "number") this.setUnreadTotal(event.unread_total);
       this.emit(event);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (ev) => {
       const was = this.connected;
       this.connected = false;
       if (this.ws === ws) this.ws = null;
       if (was) this.emit({ type: "disconnected" });
+      if (ev.code === SESSION_ENDED) {
+        // Logged out (here or elsewhere): reconnecting would only be refused.
+        this.ended = true;
+        this.emit({ type: "session_ended" });
+        return;
+      }
       this.reconnectSoon();
     });
     ws.addEventListener("error", () => {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from panda.media.ice import MediaConfig
+from panda.media.ice import RELAY_PATHS, MediaConfig
 from panda.media.room import RoomRegistry
 from tests.media import mediagen
 
@@ -58,10 +58,17 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     assert not threads, f"decoder threads running: {threads}"
 
 
+@pytest.fixture(params=RELAY_PATHS)
+def relay_path(request: pytest.FixtureRequest) -> str:
+    """Each relay test runs on both forwarding paths (frames and packets)."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def registry(no_decoding: list[str]) -> AsyncIterator[RoomRegistry]:
+async def registry(no_decoding: list[str], relay_path: str) -> AsyncIterator[RoomRegistry]:
     # Clients always offer first here (receive-only ones offer recvonly m-lines), so the
     # server's fallback initial offer is pushed out of the way: no glare on a slow machine.
-    reg = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=3600)
+    reg = RoomRegistry(MediaConfig(ice_loopback=True, relay_path=relay_path),
+                       initial_offer_delay=3600)
     yield reg
     await reg.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import struct
 from typing import Any
 
 import aioice
@@ -18,7 +19,13 @@ from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+)
 
 from panda.media import aiortc_patches
 from panda.media.ice import MediaConfig, create_peer_connection
@@ -140,8 +147,9 @@ async def test_tap_receives_encoded_frames_without_decoding(
         track = PacketTrack("video", vp8)
         transceiver = send_pc.addTransceiver(track, direction="sendonly")
         remb_seen: list[int] = []
-        aiortc_patches.hook_sender(transceiver.sender, on_keyframe_request=lambda: plis.append(1),
-                                   on_remb=remb_seen.append)
+        hook = aiortc_patches.hook_sender(
+            transceiver.sender, on_keyframe_request=lambda: plis.append(1),
+            on_remb=remb_seen.append)
         await _connect(send_pc, recv_pc)
         assert len(taps) == 1
         tap = taps[0]
@@ -159,6 +167,21 @@ async def test_tap_receives_encoded_frames_without_decoding(
         # a PLI from the tap reaches the remote sender's hook
         await tap.request_keyframe()
         await wait_for(lambda: plis, what="PLI at the sender")
+        # a FIR names its target in the FCI (media SSRC 0): it reaches the hook too
+        rtcp_ssrc = tap.receiver._RTCRtpReceiver__rtcp_ssrc
+        fci = struct.pack("!LB3x", transceiver.sender._ssrc, 1)
+        await tap.receiver._send_rtcp(
+            RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci))
+        await wait_for(lambda: len(plis) == 2, what="FIR at the sender")
+        # a NACK the sender can serve is no keyframe request; one it cannot serve is
+        sent = transceiver.sender._RTCRtpSender__rtp_history
+        recent = max(p.sequence_number for p in sent.values())
+        for lost, requests in (([recent], 2), ([recent, (recent - 1000) % 65536], 3)):
+            nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc,
+                                   media_ssrc=transceiver.sender._ssrc)
+            nack.lost = lost
+            await hook._handle_rtcp_packet(nack)
+            assert len(plis) == requests, lost
         # REMB the receiver sends is capped by bitrate_limit
         tap.bitrate_limit = 123_000
         tap.send_remb_now()
@@ -279,6 +302,60 @@ async def test_codec_helpers() -> None:
         assert mimes == ["video/vp8", "video/h264"]
     finally:
         await pc.close()
+
+
+def test_video_buffer_gives_up_a_packet_lost_mid_frame_and_releases_what_waited() -> None:
+    """The outage case: a frame's first packet came, its middle was lost, then the sender
+    went on (after a pause) with later frames, a keyframe among them."""
+    now = [0.0]
+    buffer = aiortc_patches.RelayJitterBuffer("video", max_gap_wait=0.5, clock=lambda: now[0])
+    losses: list[int] = []
+    buffer.on_loss = lambda: losses.append(1)
+    assert buffer.add(_rtp(100, 3000, b"a", marker=1))[1] is not None
+    assert buffer.add(_rtp(101, 6000, b"b1")) == (False, None)  # 102 (b2) and 103 lost
+    now[0] = 4.0  # the network comes back
+    assert buffer.add(_rtp(104, 6000, b"b4", marker=1)) == (False, None)  # rest of broken b
+    assert buffer.add(_rtp(105, 9000, b"c", marker=1)) == (False, None)
+    assert buffer.add(_rtp(106, 12000, b"K1")) == (False, None)
+    now[0] = 4.3
+    assert buffer.add(_rtp(107, 12000, b"K2", marker=1)) == (False, None)  # still waiting
+    assert not losses
+    now[0] = 4.6
+    pli, frame = buffer.add(_rtp(108, 15000, b"d", marker=1))
+    # frame b is dropped whole; c, K and d leave at once; the loss is reported, not flagged
+    assert not pli and losses == [1] and buffer.gaps_skipped == 1
+    assert frame is not None and frame.data == b"c"
+    assert [f.data for f in buffer.ready] == [b"K1K2", b"d"]
+    buffer.ready.clear()
+    frame = buffer.add(_rtp(109, 18000, b"e", marker=1))[1]
+    assert frame is not None and frame.data == b"e" and losses == [1]
+
+
+def test_video_buffer_gives_each_hole_its_own_wait() -> None:
+    now = [0.0]
+    buffer = aiortc_patches.RelayJitterBuffer("video", max_gap_wait=0.5, clock=lambda: now[0])
+    assert buffer.add(_rtp(1, 3000, b"a", marker=1))[1] is not None
+    assert buffer.add(_rtp(3, 6000, b"c", marker=1)) == (False, None)  # 2 missing
+    now[0] = 0.4
+    assert buffer.add(_rtp(5, 9000, b"e", marker=1)) == (False, None)  # 4 missing too
+    frame = buffer.add(_rtp(2, 6000, b"b"))[1]  # 2 retransmitted: frame 6000 is whole
+    assert frame is not None and frame.data == b"bc"
+    now[0] = 0.6  # 0.6 s after the first hole, 0.2 s after the second one was seen
+    assert buffer.add(_rtp(6, 12000, b"f", marker=1)) == (False, None)
+    assert buffer.gaps_skipped == 0
+    now[0] = 1.2
+    frame = buffer.add(_rtp(7, 15000, b"g", marker=1))[1]
+    assert buffer.gaps_skipped == 1 and frame is not None
+
+
+def test_video_buffer_without_a_hole_never_waits() -> None:
+    buffer = aiortc_patches.RelayJitterBuffer("video", max_gap_wait=0.0)
+    buffer.on_loss = lambda: pytest.fail("nothing was lost")
+    for n in range(1000):  # two packets a frame, across the 16-bit sequence wrap
+        seq = (65000 + 2 * n) % 65536
+        assert buffer.add(_rtp(seq, n * 3000, b"x"))[1] is None
+        frame = buffer.add(_rtp((seq + 1) % 65536, n * 3000, b"y", marker=1))[1]
+        assert frame is not None and frame.data == b"xy" and not buffer.ready
 
 
 def test_early_video_buffer_gives_up_a_lost_packet_after_a_while() -> None:

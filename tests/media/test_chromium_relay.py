@@ -110,8 +110,8 @@ STATS_JS = """async () => {
 
 
 @pytest.fixture
-async def relay_server() -> AsyncIterator[tuple[str, RoomRegistry]]:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True))
+async def relay_server(relay_path: str) -> AsyncIterator[tuple[str, RoomRegistry]]:
+    registry = RoomRegistry(MediaConfig(ice_loopback=True, relay_path=relay_path))
     room = registry.get_or_create("chromium")
 
     async def page(request: web.Request) -> web.Response:

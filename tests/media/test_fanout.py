@@ -344,3 +344,61 @@ async def test_reattached_track_continues_timestamps() -> None:
     assert bytes(key) == VP8_KEY and key.pts == 4000 + 3000  # one frame after the last
     assert bytes(delta) == VP8_DELTA and delta.pts == 10000
     assert track in second.tracks and track not in first.tracks
+
+
+async def test_lost_publisher_video_makes_subscribers_wait_for_a_keyframe() -> None:
+    fanout, requests, timers = make_fanout()
+    track = fanout.subscribe()
+    reader = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    fanout.push(VP8_KEY, 3000, 0.0)
+    assert bytes(await reader) == VP8_KEY
+    timers.advance(1.0)
+    requests.clear()
+    fanout.lost()  # the relay gave up a packet: what follows refers to a lost frame
+    assert requests == [1] and fanout.stats()["losses"] == 1
+    fanout.push(VP8_DELTA, 6000, 0.0)
+    assert track.queued() == 0  # the subscriber would decode garbage: held back
+    fanout.push(VP8_KEY, 9000, 0.0)
+    fanout.push(VP8_DELTA, 12000, 0.0)
+    assert [bytes(p) for p in (await track.recv(), await track.recv())] == [VP8_KEY, VP8_DELTA]
+
+
+def test_audio_loss_changes_nothing() -> None:
+    fanout, requests, _ = make_fanout("audio", "audio/opus")
+    fanout.lost()
+    assert requests == [] and fanout.losses == 0
+
+
+def test_keyframe_request_the_publisher_cannot_take_yet_is_retried_soon() -> None:
+    timers = FakeTimers()
+    ready = [False]
+    sent: list[float] = []
+
+    def send() -> bool:
+        if ready[0]:
+            sent.append(round(timers.now, 1))
+        return ready[0]
+
+    requester = KeyframeRequester(send, min_interval=0.5, retry_interval=1.0,
+                                  clock=timers.clock, call_later=timers.call_later)
+    requester.request()  # the publisher's connection is still being set up
+    assert sent == [] and requester.sent == 0 and requester.unsent == 1
+    for _ in range(3):
+        timers.advance(0.1)
+    ready[0] = True
+    timers.advance(0.1)
+    assert sent == [100.4] and requester.sent == 1  # not a whole retry interval later
+    requester.request()
+    assert sent == [100.4]  # and the usual throttle applies from there
+
+
+def test_unsendable_keyframe_requests_give_up_after_a_while() -> None:
+    timers = FakeTimers()
+    calls: list[int] = []
+    requester = KeyframeRequester(lambda: calls.append(1) is not None, clock=timers.clock,
+                                  call_later=timers.call_later)
+    requester.request()
+    for _ in range(200):
+        timers.advance(0.1)
+    assert 40 <= len(calls) <= 60 and requester.sent == 0 and not timers.pending

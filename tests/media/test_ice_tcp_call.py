@@ -261,7 +261,8 @@ async def _inside_namespace_a(loss: bool = False, silent: bool = False) -> dict[
     wrapper.chmod(0o755)
 
     network = await ice_tcp.IceNetwork.start(Cfg(ice_loopback=False, ice_tcp_port=_free_port()))
-    registry = RoomRegistry(MediaConfig())
+    registry = RoomRegistry(
+        MediaConfig(relay_path=os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame"))
     room = registry.get_or_create("lesson")
 
     async def page(request: web.Request) -> web.Response:
@@ -375,7 +376,7 @@ def _can_run() -> bool:
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not _can_run(), reason="needs unshare, nsenter and ip (network namespaces)")
-async def test_call_with_a_participant_whose_udp_is_blocked() -> None:
+async def test_call_with_a_participant_whose_udp_is_blocked(relay_path: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         "unshare",
         "-n",
@@ -383,7 +384,7 @@ async def test_call_with_a_participant_whose_udp_is_blocked() -> None:
         "-m",
         "tests.media.test_ice_tcp_call",
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PANDA_RELAY_PATH": relay_path},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

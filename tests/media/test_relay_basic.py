@@ -38,6 +38,14 @@ async def test_two_clients_forward_audio_and_video_byte_identical(
             assert not got_video[0][0] & 1 and got_video[0][3:6] == b"\x9d\x01\x2a"
         stats = room.stats()
         assert stats["alice"]["frames_forwarded"] > 0
+        relay = registry.packet_relay
+        assert (relay is not None) == (registry.config.relay_path == "packet")
+        if relay is not None:
+            # every subscription really went out as rewritten packets
+            for participant in room.participants.values():
+                for sub in participant.subscriptions.values():
+                    output = relay.output(sub.track)
+                    assert output is not None and output.packets_forwarded > 0
         assert stats["alice"]["transport"] == "udp"
         assert stats["alice"]["candidate_pair"].startswith("127.0.0.1:")
         assert not alice.errors and not bob.errors

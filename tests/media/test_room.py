@@ -188,10 +188,10 @@ async def test_vanished_participant_is_cleaned_up(
 
 
 async def test_silent_participant_is_cleaned_up(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), media_timeout=1.0,
-                            initial_offer_delay=3600)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), media_timeout=1.0,
+        initial_offer_delay=3600)
     room = registry.get_or_create("silent")
     alice, bob = await call(room, vp8, opus)
     try:
@@ -259,9 +259,9 @@ async def test_bad_input_is_refused_and_the_call_goes_on(
 
 
 async def test_server_offers_first_to_a_participant_that_does_not_offer(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), initial_offer_delay=0.2)
     room = registry.get_or_create("silent-browser")
     alice = Client("alice", video=vp8, audio=opus)
     bob = Client("bob", video=None, audio=None)
@@ -278,9 +278,9 @@ async def test_server_offers_first_to_a_participant_that_does_not_offer(
 
 
 async def test_glare_server_offer_wins(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=0.2)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), initial_offer_delay=0.2)
     room = registry.get_or_create("glare")
     alice = Client("alice", video=vp8, audio=opus)
     bob = Client("bob", video=vp8, audio=opus)
@@ -330,6 +330,32 @@ async def test_no_common_codec_is_a_clear_error(
         assert carol.participant.pc.remoteDescription is None
     finally:
         await close_all(alice, carol)
+
+
+async def test_room_codec_is_chosen_for_everyone_while_nobody_publishes_video(
+    registry: RoomRegistry, vp8: EncodedMedia, h264: EncodedMedia, opus: EncodedMedia
+) -> None:
+    """VP8 when every participant can do it, H.264 otherwise; fixed only once video flows."""
+    room = registry.get_or_create("codec-choice")
+    alice = Client("alice", video=None, audio=None)  # VP8 and H.264, receives only
+    carol = Client("carol", video=h264, audio=opus, video_codecs=("video/h264",))
+    dave = Client("dave", video=vp8, audio=opus)
+    try:
+        await alice.join(room)
+        await alice.receive_only()
+        assert room.video_mime == "video/vp8"  # alice alone: VP8
+        await carol.join(room)
+        await carol.publish()  # nobody publishes video yet: the room moves to H.264 for carol
+        assert room.video_mime == "video/h264"
+        await wait_for(lambda: len(alice.frames_from("carol", "video")) >= 5, what="h264 at alice")
+        await carol.close()
+        await room.leave("carol")
+        await dave.join(room)
+        await dave.publish()  # carol left: VP8 suits everyone again
+        assert room.video_mime == "video/vp8"
+        await wait_for(lambda: len(alice.frames_from("dave", "video")) >= 5, what="vp8 at alice")
+    finally:
+        await close_all(alice, carol, dave)
 
 
 async def test_h264_room_when_a_participant_cannot_do_vp8(
@@ -427,9 +453,9 @@ async def test_subscriber_remb_caps_what_the_publisher_is_told(
 
 
 async def test_registry_close_awaits_every_pc_and_refuses_new_joins(
-    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia
-) -> None:
-    registry = RoomRegistry(MediaConfig(ice_loopback=True), initial_offer_delay=3600)
+    no_decoding: list[str], vp8: EncodedMedia, opus: EncodedMedia, relay_path: str) -> None:
+    registry = RoomRegistry(
+        MediaConfig(ice_loopback=True, relay_path=relay_path), initial_offer_delay=3600)
     room = registry.get_or_create("shutdown")
     alice, bob = await call(room, vp8, opus)
     participants: list[Participant] = list(room.participants.values())

@@ -77,9 +77,12 @@ class Person:
             assert resp.status == 200, await resp.text()
             return await resp.json()
 
-    async def live(self, base: str) -> LiveSocket:
-        """Open /ws/live on `base`."""
-        ws = await self.http.ws_connect(f"{base.replace('http', 'ws', 1)}/ws/live")
+    async def live(self, base: str, watch: dict[int, int] | None = None) -> LiveSocket:
+        """Open /ws/live on `base`, resuming the `watch` conversations ({id: last seq}) as a
+        reconnecting page does."""
+        query = "&".join(f"watch={conv}:{seq}" for conv, seq in (watch or {}).items())
+        url = f"{base.replace('http', 'ws', 1)}/ws/live" + (f"?{query}" if query else "")
+        ws = await self.http.ws_connect(url)
         sock = LiveSocket(ws)
         hello = await sock.next("hello")
         sock.hello = hello

@@ -144,8 +144,8 @@ async def test_websocket_killed_mid_conversation_resumes_exactly_once(
     transport = sock.ws._response.connection.transport  # type: ignore[union-attr]
     transport.abort()
     await asyncio.sleep(0.3)  # messages keep being sent meanwhile
-    sock = await tutor.live(a.url)  # the page reconnects, here to the other process
-    await sock.watch(conv, seen[-1])
+    # The page reconnects, here to the other process, resuming from the last seq it showed.
+    sock = await tutor.live(a.url, watch={conv: seen[-1]})
     while len(seen) < total:
         seen.append((await sock.next("message", wait_s=30))["message"]["seq"])
     await sender

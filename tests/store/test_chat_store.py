@@ -86,3 +86,24 @@ async def test_ensure_conversation_for_a_booked_pair(store_db: AsyncSession) -> 
     second = await store.ensure_conversation(store_db, student.id, tutor.id)
     assert first.id == second.id
     assert await store.member_ids(store_db, first.id) == sorted([student.id, tutor.id])
+
+
+async def test_opening_at_the_same_moment_returns_the_other_requests_conversation(
+    store_db: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    student, tutor = await _pair(store_db)
+    first, _ = await store.open_conversation(store_db, student, tutor.id)
+    store_db.expunge_all()
+    student = await store_db.get(type(student), student.id)
+    # The second request looked before the first one committed: it inserts, loses on the
+    # unique pair key, rolls back (expiring what it loaded) and returns the existing one.
+    real = store.get_conversation_between
+    calls = {"n": 0}
+
+    async def stale_first_look(db: AsyncSession, a: int, b: int):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return None if calls["n"] == 1 else await real(db, a, b)
+
+    monkeypatch.setattr(store, "get_conversation_between", stale_first_look)
+    again, created = await store.open_conversation(store_db, student, tutor.id)
+    assert (again.id, created) == (first.id, False)

@@ -12,6 +12,7 @@ from panda import keys
 from panda.app import create_app
 from panda.config import Settings
 from panda.store import calls as store
+from panda.store.chat import get_conversation_between
 from panda.store.models import Booking, CallRoom
 from panda.store.types import utcnow
 from panda.web.call_ws import ROOMS
@@ -342,3 +343,22 @@ async def test_record_button_only_for_tutor_and_admin(client: TestClient, make_u
     html = await (await client.get(f"/sessions/{booking.id}/call")).text()
     assert 'data-action="record"' in html
     assert "/static/recordings/call_record.js" in html
+
+
+async def test_participants_get_the_chat_panel_admins_do_not(
+    client: TestClient, make_user
+) -> None:  # type: ignore[no-untyped-def]
+    student, tutor = await _people(make_user)
+    admin = await make_user("admin")
+    booking = await make_booking(client, student, tutor)
+    await login(client, student.email)
+    html = await (await client.get(f"/sessions/{booking.id}/call")).text()
+    assert f'data-other-id="{tutor.id}"' in html and "data-call-chat" in html
+    assert "/static/call/chat-panel.js" in html and "data-chat-toggle" in html
+    # The page itself creates nothing: the panel opens the conversation after loading.
+    async with client.app[keys.sessionmaker]() as db:
+        assert await get_conversation_between(db, student.id, tutor.id) is None
+    client.session.cookie_jar.clear()
+    await login(client, admin.email)
+    html = await (await client.get(f"/sessions/{booking.id}/call")).text()
+    assert "data-call-chat" not in html and "chat-panel.js" not in html

@@ -440,3 +440,86 @@ async def test_recording_events_reach_everyone_in_the_call(
     await service._notify(people["booking"].id, {"type": "recording", "state": "started"})
     msg = await student.recv_type("recording")
     assert msg["state"] == "started"
+
+
+# -- several server processes (placement through the bus) -----------------------------------------
+
+
+def _placed(client: TestClient) -> tuple[Any, Any]:
+    """This app's room placement switched on as if Redis were shared, and its bus."""
+    from panda.bus import BUS
+    from panda.web.call_placement import PLACEMENT
+
+    placement = client.app[PLACEMENT]
+    placement.enabled = True
+    return placement, client.app[BUS]
+
+
+async def test_join_where_another_process_holds_the_room_is_redirected(
+    client: TestClient, people: dict[str, Any]
+) -> None:
+    from panda.web.call_placement import lease_key
+
+    placement, bus = _placed(client)
+    sid = people["booking"].id
+    other = "http://127.0.0.1:9#42"
+    assert await bus.acquire_lease(lease_key(sid), other, 30)
+    student = await people["connect"](people["student"])
+    await student.send({"type": "join"})
+    assert await student.recv() == {
+        "type": "redirect",
+        "url": f"ws://127.0.0.1:9/ws/sessions/{sid}/call",
+    }
+    msg = await student.ws.receive(timeout=RECEIVE_TIMEOUT)
+    assert msg.type == WSMsgType.CLOSE and msg.data == call_ws.CLOSE_REDIRECTED
+    assert people["rooms"].get(people["key"]) is None  # no media room here
+    async with client.app[keys.sessionmaker]() as db:
+        room = await store.get_room(db, sid)
+        assert room is None or room.started_at is None  # nobody joined
+
+    # The other process let the lease go: the next join creates the room here.
+    await bus.release(lease_key(sid), other)
+    student = await people["connect"](people["student"])
+    await student.join()
+    assert await bus.get_owner(lease_key(sid)) == placement.owner
+    tutor = await people["connect"](people["tutor"])
+    await tutor.join()
+    await student.ws.close()
+    await tutor.recv_type("participant-left")
+    assert await bus.get_owner(lease_key(sid)) == placement.owner  # the tutor is still in
+    await tutor.ws.close()
+    for _ in range(200):  # the server's cleanup of the socket runs after the close
+        if await bus.get_owner(lease_key(sid)) is None:
+            break
+        await asyncio.sleep(0.02)
+    assert await bus.get_owner(lease_key(sid)) is None
+
+
+async def test_join_when_the_room_cannot_be_placed_asks_to_retry(
+    client: TestClient, people: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from panda.web.call_placement import UNAVAILABLE
+
+    placement, _ = _placed(client)
+
+    async def down(*args: Any) -> Any:
+        return UNAVAILABLE
+
+    monkeypatch.setattr(placement, "claim", down)
+    student = await people["connect"](people["student"])
+    await student.send({"type": "join"})
+    assert (await student.recv())["code"] == "media-failed"
+    msg = await student.ws.receive(timeout=RECEIVE_TIMEOUT)
+    assert msg.type == WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+    assert people["rooms"].get(people["key"]) is None
+
+
+async def test_a_sibling_process_page_may_connect(
+    client: TestClient, people: dict[str, Any]
+) -> None:
+    _, bus = _placed(client)
+    await bus.set("call-node-origin:http://127.0.0.1:9", "http://127.0.0.1:9#42", ttl=60)
+    party = await people["connect"](people["student"], origin="http://127.0.0.1:9")
+    assert (await party.join())["type"] == "join"
+    assert await _handshake_status(people, people["student"], "http://127.0.0.1:10") == 403
+    assert await _handshake_status(people, people["student"], "https://evil.example") == 403

@@ -367,3 +367,83 @@ async def test_hidden_message_is_updated_live(
     assert update["message"]["id"] == message_id
     assert update["message"]["hidden"] is True and update["message"]["text"] == ""
     await ws.close()
+
+
+async def _send_in_hook(
+    monkeypatch: pytest.MonkeyPatch, client: TestClient, pair: dict[str, Any], texts: list[str]
+) -> None:
+    """Store and publish `texts` right after the next live connection subscribed to the bus
+    and before it reads anything from the database (the reconnect window)."""
+    from panda import chat
+    from panda.web import live
+
+    original = live.LiveConnection._presence_join
+    fired = False
+
+    async def join_then_send(self: live.LiveConnection) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            for text in texts:
+                await chat.send_message(client.app, pair["student"], pair["conv"], text, None)
+        await original(self)
+
+    monkeypatch.setattr(live.LiveConnection, "_presence_join", join_then_send)
+
+
+async def test_reconnect_with_watch_in_url_is_filled_before_bus_events(
+    pair: dict[str, Any], client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(5):
+        await post_json(pair["s"], pair["s_token"], pair["path"], {"text": f"m{n}"})
+    # The tab had 1..3, lost its connection; 6 and 7 are sent (and published) exactly while it
+    # reconnects: subscribed already, nothing read from the database yet.
+    await _send_in_hook(monkeypatch, client, pair, ["m5", "m6"])
+    ws = await pair["t"].ws_connect(f"/ws/live?watch={pair['conv']}:3")
+    events = []
+    while len(events) < 4:
+        events.append(await next_event(ws, is_type("message")))
+    assert [e["message"]["seq"] for e in events] == [4, 5, 6, 7]
+    assert all(e["watched"] is True for e in events)
+    watching = await next_event(ws, is_type("watching"))
+    assert watching == {"type": "watching", "conversation_id": pair["conv"], "seq": 7}
+    await ws.send_json({"type": "ping"})
+    follow = await next_event(ws, lambda e: e["type"] in ("message", "pong"))
+    assert follow["type"] == "pong", f"duplicate after the fill: {follow}"
+    await ws.close()
+
+
+async def test_events_before_a_late_watch_are_marked_unwatched(
+    pair: dict[str, Any], client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        await post_json(pair["s"], pair["s_token"], pair["path"], {"text": f"m{n}"})
+    # The page has 1..2 and watches over a message (an old client): 4 is published between
+    # the connect and the watch, so it overtakes 3 on the wire.
+    await _send_in_hook(monkeypatch, client, pair, ["m3"])
+    ws = await pair["t"].ws_connect("/ws/live")
+    early = await next_event(ws, is_type("message"))
+    assert early["message"]["seq"] == 4 and early["watched"] is False
+    await ws.send_json({"type": "watch", "conversation_id": pair["conv"], "after_seq": 2})
+    await post_json(pair["s"], pair["s_token"], pair["path"], {"text": "m4"})
+    # What a page may rely on (the watched events) is exactly once and in stored order.
+    assert await messages_until(ws, 5) == [3, 4, 5]
+    await ws.close()
+
+
+async def test_bad_watch_urls_are_refused(pair: dict[str, Any], client: TestClient) -> None:
+    for query in ("watch=x", "watch=1:-2", "watch=1:2:3", "watch=:4", "watch=1%3A"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+            await pair["t"].ws_connect(f"/ws/live?{query}")
+        assert exc.value.status == 400, query
+    many = "&".join(f"watch={n}" for n in range(1, 60))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await pair["t"].ws_connect(f"/ws/live?{many}")
+    assert exc.value.status == 400
+    # A conversation the user is not part of: an error event, the connection stays usable.
+    ws = await pair["t"].ws_connect(f"/ws/live?watch=999999:0&watch={pair['conv']}")
+    error = await next_event(ws, is_type("error"))
+    assert error["conversation_id"] == 999999 and error["status"] in (403, 404)
+    watching = await next_event(ws, is_type("watching"))
+    assert watching["conversation_id"] == pair["conv"]
+    await ws.close()
