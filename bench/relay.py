@@ -7,7 +7,8 @@ over the measured window. Prints one JSON object:
 ``{"machine": ..., "panda": R, "baselines": {"mediarelay": R, "janus": R or null}}``.
 Run: python bench/relay.py [--quick] [--calls 4,8,16] [--seconds 20]
 The panda server here is ``python bench/relay.py serve``: panda.media.RoomRegistry behind a
-minimal aiohttp WebSocket signalling endpoint (no web app, no database).
+minimal aiohttp WebSocket signalling endpoint (no web app, no database). Janus (Debian's
+``janus``, videoroom) runs in a network namespace of its own: see ``bench/janus.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,11 +29,12 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import janus as janus_bench  # noqa: E402
+
 GENERATOR_BUSY_LIMIT = 0.85
 CONTENDED = 0.15  # share of a pinned core used by other processes that spoils a point
-JANUS_NOTE = ("janus not installed: apt-get install janus, then run it in a network namespace "
-              "with a dummy/veth test address as DESIGN.md section 5 describes "
-              "(it never gathers loopback candidates); not measured")
+NICE = 0  # added to the niceness of measured processes (--nice; negative needs root)
+STARVED_BELOW = 0.95  # video delivery under which a point is left out of R (if others are not)
 
 
 # ---------------------------------------------------------------------- pure logic
@@ -99,9 +100,10 @@ def read_core_times() -> dict[int, tuple[int, int]]:
         return core_times(fh.read())
 
 
-def read_udp_rcvbuf_errors() -> int | None:
+def read_udp_rcvbuf_errors(pid: int | str = "self") -> int | None:
+    """UDP receive-buffer drops in the network namespace of process ``pid``."""
     try:
-        with open("/proc/net/snmp") as fh:
+        with open(f"/proc/{pid}/net/snmp") as fh:
             return udp_rcvbuf_errors(fh.read())
     except (OSError, ValueError, KeyError):
         return None
@@ -133,6 +135,10 @@ def make_point(calls: int, window_s: float, server_cpu_s: float, rss_idle_mb: fl
         "server_core_busy": round(server_cpu_s / window_s, 4) if window_s > 0 else None,
         "cpu_s_per_call_s": per_call_second,
         "calls_per_core": (1 / per_call_second) if per_call_second else None,
+        # a starved server forwards less and looks cheaper: scaled to what it delivered
+        "calls_per_core_delivered": (
+            load["video_delivery"] / per_call_second
+            if per_call_second and load.get("video_delivery") is not None else None),
         "generator_core_busy": generator_busy,
         "dropped": bool(generator_busy is not None and generator_busy > GENERATOR_BUSY_LIMIT),
         "delivery_ratio": load.get("video_delivery"),
@@ -160,7 +166,8 @@ def summarise(points: list[dict[str, Any]], note: str | None = None) -> dict[str
     """R for one server: aggregates over the points whose generator was not saturated.
 
     Points where other processes took more than 15% of a pinned core are left out too,
-    unless every point was. calls_per_core: median of the kept points; delivery: the worst
+    unless every point was; so are points that delivered under 95% of the frames, unless
+    every point did. calls_per_core: median of the kept points; delivery: the worst
     kept point; latency: the kept point whose server core was nearest 50% busy; memory:
     median; first frame: pooled over every point.
     """
@@ -169,6 +176,15 @@ def summarise(points: list[dict[str, Any]], note: str | None = None) -> dict[str
     if usable and not kept:
         kept = usable
         note = (note + "; " if note else "") + "every point ran on a contended machine"
+    # a server that lost frames did less work: its CPU per call-second flatters it
+    fed = [p for p in kept if (p["delivery_ratio"] or 0) >= STARVED_BELOW]
+    if fed and len(fed) < len(kept):
+        note = (note + "; " if note else "") + (
+            f"left out {len(kept) - len(fed)} point(s) delivering < {STARVED_BELOW:.0%}")
+        kept = fed
+    elif kept and not fed:
+        note = (note + "; " if note else "") + (
+            f"every point delivered < {STARVED_BELOW:.0%}: calls per core overstated")
     cpc = [p["calls_per_core"] for p in kept if p["calls_per_core"] is not None]
     deliveries = [p["delivery_ratio"] for p in kept if p["delivery_ratio"] is not None]
     mems = [p["mem_mb_per_call"] for p in kept if p["mem_mb_per_call"] is not None]
@@ -285,10 +301,57 @@ SERVERS = {
 }
 
 
+def measure_point(server_pid: int, gen: subprocess.Popen[str], calls: int, seconds: float,
+                  rss_idle: float, server_cpu: int | None, gen_cpu: int | None
+                  ) -> dict[str, Any]:
+    """Measure the window a started generator announces, against the server ``server_pid``.
+
+    Shared by every server under test (the Janus baseline starts its own processes).
+    """
+    assert gen.stdout is not None
+    deadline = time.monotonic() + 90 + 4 * calls + seconds
+    while _readline(gen.stdout, deadline, gen) != "START":
+        pass
+    cpu_0, t_0 = read_cpu_seconds(server_pid), time.monotonic()
+    drops_0, cores_0 = read_udp_rcvbuf_errors(server_pid), read_core_times()
+    while _readline(gen.stdout, deadline, gen) != "END":
+        pass
+    cpu_1, t_1 = read_cpu_seconds(server_pid), time.monotonic()
+    drops_1, cores_1 = read_udp_rcvbuf_errors(server_pid), read_core_times()
+    rss_load = read_rss_mb(server_pid)
+    load = json.loads(_readline(gen.stdout, deadline, gen))
+    gen.wait(timeout=60)
+    point = make_point(calls, t_1 - t_0, cpu_1 - cpu_0, rss_idle, rss_load, load)
+    # whole network namespace: other processes' UDP drops count too
+    point["udp_rcvbuf_errors"] = (drops_1 - drops_0
+                                  if drops_0 is not None and drops_1 is not None else None)
+    if server_cpu is not None and gen_cpu is not None:
+        # other processes on the shared box: how much of each pinned core was not ours
+        busy = core_busy(cores_0, cores_1, server_cpu)
+        point["server_core_others"] = (None if busy is None else
+                                       round(max(0.0, busy - point["server_core_busy"]), 3))
+        gen_busy = core_busy(cores_0, cores_1, gen_cpu)
+        point["generator_core_others"] = (
+            None if gen_busy is None or point["generator_core_busy"] is None
+            else round(max(0.0, gen_busy - point["generator_core_busy"]), 3))
+        others = [x for x in (point["server_core_others"], point["generator_core_others"])
+                  if x is not None]
+        point["contended"] = any(x > CONTENDED for x in others)
+    return point
+
+
 def _pin(cpu: int | None) -> Any:
-    if cpu is None:
+    """preexec_fn of a measured process: pinned to ``cpu``, ``NICE`` added to its niceness."""
+    nice = NICE
+    if cpu is None and not nice:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+
+    def start() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if nice:
+            os.nice(nice)
+    return start
 
 
 def _readline(stream: IO[str], deadline: float, proc: subprocess.Popen[str]) -> str:
@@ -325,36 +388,7 @@ def run_point(server: str, calls: int, seconds: float, profile: str,
              "--url", f"ws://127.0.0.1:{port}/ws", "--calls", str(calls),
              "--seconds", str(seconds), "--profile", profile],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(gen_cpu))
-        assert gen.stdout is not None
-        deadline = time.monotonic() + 90 + 4 * calls + seconds
-        while _readline(gen.stdout, deadline, gen) != "START":
-            pass
-        cpu_0, t_0 = read_cpu_seconds(srv.pid), time.monotonic()
-        drops_0, cores_0 = read_udp_rcvbuf_errors(), read_core_times()
-        while _readline(gen.stdout, deadline, gen) != "END":
-            pass
-        cpu_1, t_1 = read_cpu_seconds(srv.pid), time.monotonic()
-        drops_1, cores_1 = read_udp_rcvbuf_errors(), read_core_times()
-        rss_load = read_rss_mb(srv.pid)
-        load = json.loads(_readline(gen.stdout, deadline, gen))
-        gen.wait(timeout=60)
-        point = make_point(calls, t_1 - t_0, cpu_1 - cpu_0, rss_idle, rss_load, load)
-        # host-wide: other processes' UDP drops count too
-        point["udp_rcvbuf_errors"] = (drops_1 - drops_0
-                                      if drops_0 is not None and drops_1 is not None else None)
-        if server_cpu is not None and gen_cpu is not None:
-            # other processes on the shared box: how much of each pinned core was not ours
-            busy = core_busy(cores_0, cores_1, server_cpu)
-            point["server_core_others"] = (None if busy is None else
-                                           round(max(0.0, busy - point["server_core_busy"]), 3))
-            gen_busy = core_busy(cores_0, cores_1, gen_cpu)
-            point["generator_core_others"] = (
-                None if gen_busy is None or point["generator_core_busy"] is None
-                else round(max(0.0, gen_busy - point["generator_core_busy"]), 3))
-            others = [x for x in (point["server_core_others"], point["generator_core_others"])
-                      if x is not None]
-            point["contended"] = any(x > CONTENDED for x in others)
-        return point
+        return measure_point(srv.pid, gen, calls, seconds, rss_idle, server_cpu, gen_cpu)
     finally:
         for proc in (gen, srv):
             if proc is not None and proc.poll() is None:
@@ -387,6 +421,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calls", default="4,8,16", help="comma-separated N for panda")
     parser.add_argument("--baseline-calls", default="1,2",
                         help="N for the MediaRelay baseline (it decodes and re-encodes)")
+    parser.add_argument("--janus-calls", default=None,
+                        help="N for the Janus baseline (default: the same as --calls)")
+    parser.add_argument("--no-janus", action="store_true", help="leave the Janus baseline out")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness added to servers and generators, e.g. -10 (root) to "
+                             "keep other work on a shared box from starving them")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile", choices=["quick", "full"], default=None)
     parser.add_argument("--relay-path", choices=["frame", "packet"], default="frame",
@@ -394,12 +434,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(args_list)
     if args.quick:
         calls, base_calls, seconds, profile = [1], [1], 3.0, args.profile or "quick"
+        janus_calls = calls
     else:
         calls = [int(x) for x in args.calls.split(",") if x]
         base_calls = [int(x) for x in args.baseline_calls.split(",") if x]
+        janus_calls = [int(x) for x in (args.janus_calls or args.calls).split(",") if x]
         seconds, profile = args.seconds, args.profile or "full"
+    global NICE
+    NICE = janus_bench.NICE = args.nice
     info = machine()
     info["profile"] = profile
+    info["nice"] = args.nice
     info["pinned"] = len(os.sched_getaffinity(0)) >= 2
     info["relay_path"] = args.relay_path
     # make the cached media before any timing starts
@@ -414,11 +459,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             "janus": None,
         },
     }
+    if args.no_janus:
+        janus_note = "left out (--no-janus)"
+    else:
+        janus_points, janus_note = janus_bench.run_points(janus_calls, seconds, profile,
+                                                          measure_point, read_rss_mb)
+        if janus_points is not None:
+            result["baselines"]["janus"] = summarise(
+                janus_points, None if janus_points else "every point failed (see stderr)")
     add_ratio(result["panda"], result["baselines"]["mediarelay"])
+    add_ratio(result["panda"], result["baselines"]["janus"])
     # the output keeps exactly the three top-level keys: notes live with the machine
     info["notes"] = {
-        "janus": JANUS_NOTE if shutil.which("janus") is None else
-        "janus is installed but this benchmark does not drive it yet: not measured",
+        "janus": janus_note,
         "mediarelay": "latency_ms is null: MediaRelay re-encodes, so payloads cannot be "
                       "matched to their send times",
     }

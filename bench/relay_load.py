@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCRtpTransceiver, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
@@ -207,7 +207,7 @@ class Participant:
         self.key = f"{call}:{name}"
         self.peer_key = f"{call}:{'b' if name == 'a' else 'a'}"
         self.counters = Counters()
-        self.pc = create_peer_connection(MediaConfig(ice_loopback=True))
+        self.pc = self.new_peer_connection()
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.offer_at: float | None = None
         self.first_video_at: float | None = None
@@ -215,6 +215,10 @@ class Participant:
         self.errors: list[str] = []
         self._reader: asyncio.Task[None] | None = None
         aiortc_patches.on_transceiver_created(self.pc, self._on_transceiver)
+
+    def new_peer_connection(self) -> RTCPeerConnection:
+        """A peer connection of this client (loopback-only ICE against our servers)."""
+        return create_peer_connection(MediaConfig(ice_loopback=True))
 
     def _on_transceiver(self, transceiver: RTCRtpTransceiver) -> None:
         tap = aiortc_patches.tap_receiver(transceiver.receiver)
@@ -255,6 +259,17 @@ class Participant:
     async def publish(self, video: EncodedMedia, audio: EncodedMedia) -> None:
         """Offer sendonly audio + video and wait for the server's answer."""
         assert self.ws is not None
+        a, v = self.add_tracks(video, audio)
+        self.offer_at = time.monotonic()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sources = {a.mid: "microphone", v.mid: "camera"}
+        await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp,
+                                 "sources": sources})
+        await asyncio.wait_for(self.answered.wait(), 30)
+
+    def add_tracks(self, video: EncodedMedia, audio: EncodedMedia
+                   ) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver]:
+        """Add the sendonly (audio, video) transceivers playing the clips, sends logged."""
         log = self.load.logs.setdefault(self.key, SendLog())
 
         def count(kind: str) -> Callable[[], None]:
@@ -267,12 +282,11 @@ class Participant:
         video_track = PacketTrack("video", video, log, count("video"))
         v = self.pc.addTransceiver(video_track, direction="sendonly")
         aiortc_patches.hook_sender(v.sender, on_keyframe_request=video_track.request_keyframe)
-        self.offer_at = time.monotonic()
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        sources = {a.mid: "microphone", v.mid: "camera"}
-        await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp,
-                                 "sources": sources})
-        await asyncio.wait_for(self.answered.wait(), 30)
+        return a, v
+
+    def describe(self) -> str:
+        """Where this participant stands, for an error message."""
+        return f"{self.counters.received} pc={self.pc.connectionState} errors={self.errors}"
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -335,14 +349,15 @@ def emit(line: str) -> None:
     print(line, flush=True)
 
 
-async def run(url: str, calls: int, seconds: float, profile: str, drain: float = 0.3) -> None:
+async def run(url: str, calls: int, seconds: float, profile: str, drain: float = 0.3,
+              participant: type[Participant] = Participant) -> None:
     video, audio = load_media(profile)
     load = Load()
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:
         for call in range(calls):
             for name in ("a", "b"):
-                p = Participant(load, call, name)
+                p = participant(load, call, name)
                 load.participants.append(p)
         try:
             await asyncio.gather(*(p.connect(session, url) for p in load.participants))
@@ -356,8 +371,7 @@ async def run(url: str, calls: int, seconds: float, profile: str, drain: float =
             deadline = time.monotonic() + 30 + 2 * calls
             while any(p.first_video_at is None for p in load.participants):
                 if time.monotonic() > deadline:
-                    state = {p.key: (p.counters.received, p.pc.connectionState, p.errors)
-                             for p in load.participants}
+                    state = {p.key: p.describe() for p in load.participants}
                     raise RuntimeError(f"not every participant received video in time: {state}")
                 await asyncio.sleep(0.05)
             setup_s = time.monotonic() - started
@@ -403,7 +417,8 @@ async def run(url: str, calls: int, seconds: float, profile: str, drain: float =
     emit(json.dumps(result))
 
 
-def main() -> None:
+def main(participant: type[Participant] = Participant) -> None:
+    """Command line of the generator; ``participant`` speaks the server's signalling."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--calls", type=int, default=1)
@@ -420,7 +435,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(run(args.url, args.calls, args.seconds, args.profile))
+    asyncio.run(run(args.url, args.calls, args.seconds, args.profile, participant=participant))
 
 
 if __name__ == "__main__":

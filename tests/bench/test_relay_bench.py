@@ -153,6 +153,9 @@ def test_make_point_accounts_cpu_per_call_second() -> None:
     point = relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result())
     assert point["cpu_s_per_call_s"] == pytest.approx(0.05)
     assert point["calls_per_core"] == pytest.approx(20.0)
+    assert point["calls_per_core_delivered"] == pytest.approx(20.0 * 0.995)
+    assert relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result(video_delivery=None)
+                            )["calls_per_core_delivered"] is None
     assert point["server_core_busy"] == pytest.approx(0.2)
     assert point["generator_core_busy"] == pytest.approx(0.2)
     assert point["mem_mb_per_call"] == pytest.approx(4.0)
@@ -184,6 +187,19 @@ def test_contended_points_left_out_unless_all_are() -> None:
     assert "contended" in only_busy["note"]
 
 
+def test_starved_points_left_out_unless_all_are() -> None:
+    fed = relay.make_point(4, 10.0, 2.0, 80.0, 96.0, _load_result(video_delivery=0.99))
+    starved = relay.make_point(8, 10.0, 2.0, 80.0, 96.0, _load_result(video_delivery=0.3))
+    summary = relay.summarise([fed, starved])
+    assert summary["calls_per_core"] == pytest.approx(20.0)
+    assert summary["delivery_ratio"] == pytest.approx(0.99)
+    assert "left out 1 point(s)" in summary["note"] and len(summary["points"]) == 2
+    only_starved = relay.summarise([starved])
+    assert only_starved["calls_per_core"] == pytest.approx(40.0)
+    assert only_starved["delivery_ratio"] == pytest.approx(0.3)
+    assert "overstated" in only_starved["note"]
+
+
 def test_summary_latency_from_point_nearest_half_busy() -> None:
     low = relay.make_point(2, 10.0, 1.0, 80, 88, _load_result(latencies_ms=[1.0]))
     half = relay.make_point(8, 10.0, 4.8, 80, 112, _load_result(latencies_ms=[3.0]))
@@ -211,3 +227,17 @@ def test_ratio_against_baseline() -> None:
     relay.add_ratio({"calls_per_core": 20.0}, missing)
     assert missing["panda_calls_per_core_ratio"] is None
     relay.add_ratio({"calls_per_core": 20.0}, None)  # janus absent: nothing to do
+
+
+def test_measured_processes_start_pinned_and_at_the_chosen_niceness(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    assert relay._pin(None) is None  # nothing to do: no hook at all
+    monkeypatch.setattr(relay, "NICE", 3)
+    core = sorted(os.sched_getaffinity(0))[-1]
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.nice(0), sorted(os.sched_getaffinity(0)))"],
+        preexec_fn=relay._pin(core), capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) == min(os.nice(0) + 3, 19)
+    assert " ".join(out[1:]) == f"[{core}]"
