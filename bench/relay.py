@@ -241,7 +241,7 @@ async def _serve_panda() -> None:
     from panda.media.room import RoomRegistry
 
     # Clients offer first: the fallback server offer is pushed out of the way (no glare).
-    relay_path = os.environ.get("PANDA_RELAY_PATH", "").strip() or "frame"
+    relay_path = os.environ.get("PANDA_RELAY_PATH", "").strip() or "packet"
     registry = RoomRegistry(MediaConfig(ice_loopback=True, relay_path=relay_path),
                             initial_offer_delay=3600)
 
@@ -429,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "keep other work on a shared box from starving them")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile", choices=["quick", "full"], default=None)
-    parser.add_argument("--relay-path", choices=["frame", "packet"], default="frame",
+    parser.add_argument("--relay-path", choices=["frame", "packet"], default="packet",
                         help="panda's forwarding path (PANDA_RELAY_PATH of the server)")
     args = parser.parse_args(args_list)
     if args.quick:
