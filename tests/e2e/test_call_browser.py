@@ -299,8 +299,20 @@ async def test_server_restart_is_survived(pair: dict[str, Any]) -> None:
     server.stop()
     await student.wait_for_selector('[data-call-state="reconnecting"]', timeout=15000)
     server.start()
+    back = time.monotonic()  # the server answers /healthz again
     for page in (student, tutor):
         await page.wait_for_selector('[data-call-state="connected"]', timeout=DEADLINE * 1000)
+    # Frames decoded on the pages' new peer connections, on both sides.
+    await asyncio.gather(
+        *(
+            until(page, lambda s: s.get("pc") == "connected" and best_video(s)["frames"] > 5,
+                  f"{name} decodes video after the restart", limit=40)
+            for name, page in (("student", student), ("tutor", tutor))
+        )
+    )
+    elapsed = time.monotonic() - back
+    print(f"both pages back with media {elapsed:.1f} s after the server was up again")
+    assert elapsed < 10, f"back with media after {elapsed:.1f} s"
     await asyncio.gather(
         video_growing(student, "student video after restart", limit=40),
         video_growing(tutor, "tutor video after restart", limit=40),
