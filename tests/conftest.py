@@ -55,7 +55,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Pa
         secret_key=TEST_SECRET,
         base_url="http://127.0.0.1:8080",
         ice_loopback=True,
-        # PANDA_RELAY_PATH=packet runs the browser call tests on the packet-level relay
+        # PANDA_RELAY_PATH=frame runs the browser call tests on the frame-level relay instead
         relay_path=os.environ.get("PANDA_RELAY_PATH", "").strip() or "packet",
     )
 
