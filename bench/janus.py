@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.common import pin
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "apt-get install janus"
 ADDRESS = "192.0.2.1"
@@ -154,16 +156,7 @@ def in_namespace(name: str, argv: Sequence[str]) -> list[str]:
 
 def _pin(cpu: int | None) -> Any:
     """preexec_fn of a measured process: pinned to ``cpu``, ``NICE`` added to its niceness."""
-    nice = NICE
-    if cpu is None and not nice:
-        return None
-
-    def start() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        if nice:
-            os.nice(nice)
-    return start
+    return pin(cpu, NICE)
 
 
 def wait_ready(log: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:

@@ -23,6 +23,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
+from bench.common import run_with_uvloop
 from panda.media.ice import MediaConfig, create_peer_connection
 
 
@@ -120,13 +121,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
-    asyncio.run(serve())
+    run_with_uvloop(serve())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import janus as janus_bench  # noqa: E402
+from bench.common import percentile, pin, run_with_uvloop  # noqa: E402
 
 GENERATOR_BUSY_LIMIT = 0.85
 CONTENDED = 0.15  # share of a pinned core used by other processes that spoils a point
@@ -38,16 +39,6 @@ STARVED_BELOW = 0.95  # video delivery under which a point is left out of R (if 
 
 
 # ---------------------------------------------------------------------- pure logic
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100) by linear interpolation; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def cpu_seconds_from_stat(text: str, clk_tck: int) -> float:
@@ -284,13 +275,7 @@ async def _serve_panda() -> None:
 
 def serve_panda() -> None:
     """Run the panda bench server until killed (uvloop, as ``python -m panda serve`` does)."""
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
-    asyncio.run(_serve_panda())
+    run_with_uvloop(_serve_panda())
 
 
 # ---------------------------------------------------------------------- orchestration
@@ -342,16 +327,7 @@ def measure_point(server_pid: int, gen: subprocess.Popen[str], calls: int, secon
 
 def _pin(cpu: int | None) -> Any:
     """preexec_fn of a measured process: pinned to ``cpu``, ``NICE`` added to its niceness."""
-    nice = NICE
-    if cpu is None and not nice:
-        return None
-
-    def start() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        if nice:
-            os.nice(nice)
-    return start
+    return pin(cpu, NICE)
 
 
 def _readline(stream: IO[str], deadline: float, proc: subprocess.Popen[str]) -> str:

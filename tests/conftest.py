@@ -7,6 +7,7 @@ tests/services.py, loaded here as a plugin.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -197,6 +198,17 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield factory
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def processes(
+    live_server_factory: Callable[..., LiveServer], fresh_postgres_url: str, fresh_redis_url: str
+) -> tuple[LiveServer, LiveServer, dict[str, Any]]:
+    """Two server processes (own ports, same PostgreSQL and Redis) and a demo session now."""
+    env = {"PANDA_DATABASE_URL": fresh_postgres_url, "PANDA_REDIS_URL": fresh_redis_url}
+    a = live_server_factory(**env)
+    b = live_server_factory(**env)
+    return a, b, json.loads(a.run_cli("demo", "--json"))
 
 
 @pytest.fixture

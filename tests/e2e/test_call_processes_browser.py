@@ -8,9 +8,8 @@ reconnect and the call continues on the live process.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,6 @@ from tests.conftest import LiveServer
 from tests.e2e.test_call_browser import DEADLINE, join, login, video_growing, wait_js
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(420)]
-
-
-@pytest.fixture
-def processes(
-    live_server_factory: Callable[..., LiveServer], fresh_postgres_url: str, fresh_redis_url: str
-) -> tuple[LiveServer, LiveServer, dict[str, Any]]:
-    """Processes A and B (own ports, same PostgreSQL and Redis) and a demo session booked now."""
-    env = {"PANDA_DATABASE_URL": fresh_postgres_url, "PANDA_REDIS_URL": fresh_redis_url}
-    a = live_server_factory(**env)
-    b = live_server_factory(**env)
-    return a, b, json.loads(a.run_cli("demo", "--json"))
 
 
 @pytest.fixture

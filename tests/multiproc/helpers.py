@@ -42,11 +42,11 @@ async def create_users(database_url: str, specs: list[tuple[str, str]]) -> list[
         await engine.dispose()
 
 
-class Person:
-    """One logged-in user with a cookie jar valid on every server process."""
+class Client:
+    """A logged-in login session over HTTP, its cookie jar valid on every server process."""
 
-    def __init__(self, user: User) -> None:
-        self.user = user
+    def __init__(self, email: str, password: str = DEFAULT_PASSWORD) -> None:
+        self.email, self.password = email, password
         self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         self.csrf = ""
 
@@ -57,7 +57,7 @@ class Person:
         assert token
         async with self.http.post(
             f"{base}/login",
-            data={"email": self.user.email, "password": DEFAULT_PASSWORD, "csrf_token": token[1]},
+            data={"email": self.email, "password": self.password, "csrf_token": token[1]},
             allow_redirects=False,
         ) as resp:
             assert resp.status == 303, await resp.text()
@@ -65,6 +65,18 @@ class Person:
             match = _CSRF_RE.search(await resp.text())
         assert match
         self.csrf = match[1]
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self.http.close()
+
+
+class Person(Client):
+    """A user made by the test, with the chat helpers."""
+
+    def __init__(self, user: User) -> None:
+        super().__init__(user.email)
+        self.user = user
 
     async def post(self, url: str, body: Any) -> tuple[int, Any]:
         """POST JSON with the CSRF header; (status, json)."""
@@ -87,10 +99,6 @@ class Person:
         hello = await sock.next("hello")
         sock.hello = hello
         return sock
-
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        await self.http.close()
 
 
 class LiveSocket:

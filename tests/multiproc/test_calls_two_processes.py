@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +19,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import LiveServer
+from tests.multiproc.helpers import Client
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(300)]
 
-_FORM_CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-_CSRF_RE = re.compile(r'name="csrf-token" content="([^"]+)"')
 
 
-class Member:
-    """A logged-in demo user; the cookie is valid on every process."""
-
-    def __init__(self, email: str, password: str) -> None:
-        self.email, self.password = email, password
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.csrf = ""
-
-    async def login(self, base: str) -> None:
-        async with self.http.get(f"{base}/login") as resp:
-            token = _FORM_CSRF_RE.search(await resp.text())
-        assert token
-        form = {"email": self.email, "password": self.password, "csrf_token": token[1]}
-        async with self.http.post(f"{base}/login", data=form, allow_redirects=False) as resp:
-            assert resp.status == 303, await resp.text()
-        async with self.http.get(f"{base}/messages") as resp:
-            match = _CSRF_RE.search(await resp.text())
-        assert match
-        self.csrf = match[1]
+class Member(Client):
+    """A logged-in demo user with the call helpers."""
 
     async def call(self, base: str, session_id: int, origin: str | None = None) -> CallSocket:
         """Open the call websocket of `base` as a page served by `origin` (default: `base`)."""
@@ -55,9 +36,6 @@ class Member:
     async def open(self, url: str, origin: str) -> CallSocket:
         ws = await self.http.ws_connect(url, headers={"Origin": origin})
         return CallSocket(ws)
-
-    async def close(self) -> None:
-        await self.http.close()
 
     async def request(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
         headers = {"X-CSRF-Token": self.csrf}
@@ -104,17 +82,6 @@ async def members() -> AsyncIterator[list[Member]]:
     yield made
     for member in made:
         await member.close()
-
-
-@pytest.fixture
-def processes(
-    live_server_factory: Callable[..., LiveServer], fresh_postgres_url: str, fresh_redis_url: str
-) -> tuple[LiveServer, LiveServer, dict[str, Any]]:
-    """Processes A and B (own ports, same PostgreSQL and Redis) and a demo session booked now."""
-    env = {"PANDA_DATABASE_URL": fresh_postgres_url, "PANDA_REDIS_URL": fresh_redis_url}
-    a = live_server_factory(**env)
-    b = live_server_factory(**env)
-    return a, b, json.loads(a.run_cli("demo", "--json"))
 
 
 async def logged_in(
