@@ -319,6 +319,20 @@ async def test_server_restart_is_survived(pair: dict[str, Any]) -> None:
     )
 
 
+async def test_logging_out_elsewhere_ends_the_call_page(pair: dict[str, Any]) -> None:
+    student = pair["pages"]["student"]
+    url = pair["server"].url
+    await join(student, url, pair["demo"]["session_id"])
+    # The same browser logs out in another tab: the call's socket is closed with its session,
+    # and the call page goes to the login page instead of reconnecting.
+    other = await student.context.new_page()
+    await other.goto(url + "/dashboard")
+    await other.get_by_role("button", name="Log out").click()
+    await other.wait_for_url("**/", timeout=15000)
+    await student.wait_for_url("**/login?next=*", timeout=15000)
+    assert f"/sessions/{pair['demo']['session_id']}/call" in student.url.replace("%2F", "/")
+
+
 async def test_outsider_is_refused(
     browser: Browser, live_server: LiveServer, demo: dict[str, Any]
 ) -> None:
