@@ -80,29 +80,72 @@ def intercept_rtp(dtls: RTCDtlsTransport, interceptor: RtpInterceptor) -> None:
 
 
 def intercept_srtp_datagrams(dtls: RTCDtlsTransport, claim: RtpClaimer) -> None:
-    """Handle claimed SRTP packets synchronously as their datagram arrives.
+    """Handle claimed SRTP packets synchronously, in the socket callback itself.
 
-    aioice queues every datagram for the DTLS transport's receive task: a queue put, a
-    task wake-up and four coroutine frames per packet. A packet ``claim`` takes is
-    unprotected and handed to its handler right in the socket callback instead; DTLS,
-    RTCP and unclaimed RTP keep aiortc's way. The transport's byte counters still move.
+    aioice parses every datagram as STUN (a raised ValueError for each media packet) and
+    queues it for the DTLS transport's receive task: a queue put, a task wake-up and four
+    coroutine frames per packet. Here each of the connection's sockets gets a
+    ``datagram_received`` that tells RTP by its first bytes, unprotects what ``claim``
+    takes with the transport's own libsrtp context (no wrapper, no per-packet allocation
+    but the result) and hands it to its handler. DTLS, STUN, RTCP and unclaimed RTP take
+    aioice's and aiortc's way. The transport's byte counters still move.
     """
     connection = dtls.transport.iceGatherer._connection
     queue = connection.data_received
+    length = _ffi.new("int *")
+    session: Any = None
+    srtp: Any = None
+    cdata: Any = None
+    buffer: Any = None
+    view: memoryview | None = None
+    limit = 0
+
+    def take(data: bytes) -> bool:
+        """True when ``data`` (RTP, not RTCP) was ours: handled or dropped."""
+        nonlocal session, srtp, cdata, buffer, view, limit
+        rx = dtls._rx_srtp
+        if rx is None:
+            return False
+        handler = claim(data)
+        if handler is None:
+            return False
+        if rx is not session:
+            session, srtp, cdata, buffer = rx, rx._srtp[0], rx._cdata, rx._buffer
+            view = memoryview(buffer)
+            limit = len(view)
+        size = len(data)
+        if size > limit:
+            return True
+        view[:size] = data  # type: ignore[index]
+        length[0] = size
+        if _lib.srtp_unprotect(srtp, cdata, length):
+            return True  # undecryptable or replayed: dropped, as aiortc drops it
+        dtls._RTCDtlsTransport__rx_bytes += size  # type: ignore[attr-defined]
+        try:
+            handler(buffer[0:length[0]])
+        except (ValueError, IndexError, KeyError, struct.error):
+            pass  # malformed: dropped
+        return True
+
+    def hook(protocol: Any) -> None:
+        original = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            # RTP, not RTCP (payload types 64-95 with the marker bit are RTCP, RFC 5761)
+            if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224 and take(data):
+                return
+            original(data, addr)
+
+        protocol.datagram_received = datagram_received
+        protocol._panda_srtp_hook = True
 
     def data_received(data: bytes, component: int) -> None:
-        first = data[0]
-        srtp = dtls._rx_srtp
-        # RTP (not RTCP: payload types 64-95 with the marker bit are RTCP, RFC 5761)
-        if 127 < first < 192 and srtp is not None and not 191 < data[1] < 224:
-            handler = claim(data)
-            if handler is not None:
-                dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
-                try:
-                    handler(srtp.unprotect(data))
-                except (pylibsrtp.Error, ValueError, IndexError, KeyError, struct.error):
-                    pass  # undecryptable or malformed: dropped, as aiortc drops it
-                return
+        # Reached only through a socket not hooked yet (new, or gathered late).
+        if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224 and take(data):
+            for protocol in connection._protocols:
+                if not getattr(protocol, "_panda_srtp_hook", False):
+                    hook(protocol)
+            return
         queue(data, component)
 
     connection.data_received = data_received  # type: ignore[method-assign]
@@ -165,14 +208,15 @@ class SrtpOutput:
     every use of it runs to completion on the event loop thread.
     """
 
-    __slots__ = ("_buffer", "_cdata", "_dtls", "_length", "_nominated", "_pair", "_send",
-                 "_session", "_srtp", "_view")
+    __slots__ = ("_addr", "_buffer", "_cdata", "_dtls", "_length", "_nominated", "_pair",
+                 "_send", "_session", "_srtp", "_view")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._nominated: dict[int, Any] = dtls.transport.iceGatherer._connection._nominated
         self._pair: Any = None
-        self._send: Callable[[bytes], None] | None = None
+        self._addr: Any = None
+        self._send: Callable[[bytes, Any], None] | None = None
         self._session: pylibsrtp.Session | None = None
         self._srtp: Any = None
         self._cdata: Any = None
@@ -180,24 +224,17 @@ class SrtpOutput:
         self._buffer: Any = None
         self._length: Any = _ffi.new("int *")
 
-    def _resolve(self) -> Callable[[bytes], None] | None:
+    def _resolve(self) -> Callable[[bytes, Any], None] | None:
         pair = self._nominated.get(1)
         if pair is None:
             return None
         protocol = pair.protocol
-        addr = pair.remote_addr
-        write = getattr(protocol, "_write", None)  # panda's stream (ICE-TCP) protocol
-        if write is not None:
-            def send(data: bytes) -> None:
-                write(data, addr)
-        else:
-            sendto = protocol.transport.sendto
-
-            def send(data: bytes) -> None:
-                sendto(data, addr)
+        # panda's stream (ICE-TCP) protocol writes frames; a UDP one has its socket.
+        send = getattr(protocol, "_write", None) or protocol.transport.sendto
         self._pair = pair
+        self._addr = pair.remote_addr
         self._send = send
-        return send
+        return send  # type: ignore[no-any-return]
 
     def begin(self, packet: bytes) -> memoryview | None:
         """Copy ``packet`` into the SRTP buffer; returns it for in-place rewriting
@@ -233,7 +270,7 @@ class SrtpOutput:
         if _lib.srtp_protect(self._srtp, self._cdata, length):
             return 0
         size = length[0]
-        send(self._buffer[0:size])
+        send(self._buffer[0:size], self._addr)
         self._dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
         return size
 
@@ -305,6 +342,7 @@ def check_internals() -> None:
     assert isinstance(router.ssrc_table, dict) and isinstance(router.payload_type_table, dict)
     connection = dtls.transport.iceGatherer._connection
     assert isinstance(connection, Connection) and isinstance(connection._nominated, dict)
+    assert isinstance(connection._protocols, list), "Connection._protocols changed"
     params = list(inspect.signature(connection.data_received).parameters)
     assert params == ["data", "component"], f"Connection.data_received({params})"
     assert hasattr(dtls, _DTLS + "rx_bytes"), "RTCDtlsTransport.__rx_bytes is gone"

@@ -116,3 +116,44 @@ async def test_claimed_srtp_datagrams_are_unprotected_in_the_socket_callback() -
     connection.data_received(b"\x80\x60" + bytes(6) + b"\0\0\0\1" + bytes(20), 1)
     assert handled == [ours]
     assert len(queued) == 4 and queued[-1].startswith(b"\x16")  # early, other, rtcp, dtls
+
+
+class _Socket:
+    """Stands in for one of aioice's StunProtocols: keeps what reached its own callback."""
+
+    def __init__(self) -> None:
+        self.own: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.own.append(data)
+
+
+async def test_sockets_are_hooked_so_media_skips_aioice() -> None:
+    dtls = _dtls()
+    tx, rx = _srtp_pair()
+    dtls._rx_srtp = rx
+    connection = dtls.transport.iceGatherer._connection
+    queued: list[bytes] = []
+    connection.data_received = lambda data, component: queued.append(data)  # type: ignore[method-assign]
+    socket = _Socket()
+    connection._protocols.append(socket)  # type: ignore[arg-type]
+    handled: list[bytes] = []
+    patches.intercept_srtp_datagrams(dtls, lambda data: handled.append)
+    packets = [RtpPacket(payload_type=96, sequence_number=n, ssrc=1, payload=b"media %d" % n)
+               .serialize() for n in range(3)]
+    # The first claimed packet comes the slow way (through aioice) and hooks the socket.
+    connection.data_received(tx.protect(packets[0]), 1)
+    socket.datagram_received(tx.protect(packets[1]), ("127.0.0.1", 5000))
+    assert handled == packets[:2] and socket.own == []
+    # What is not RTP, or too short to be, still reaches aioice's own callback, unharmed.
+    stun = bytes.fromhex("0001000021120000") + bytes(12)
+    for other in (stun, b"\x16\xfe\xfd dtls", b"", b"\x80", b"\x80\x60" + bytes(9)):
+        socket.datagram_received(other, ("127.0.0.1", 5000))
+    assert socket.own == [stun, b"\x16\xfe\xfd dtls", b"", b"\x80", b"\x80\x60" + bytes(9)]
+    # A replayed or forged packet is dropped in the hook; the next one still goes through.
+    protected = tx.protect(packets[2])
+    socket.datagram_received(protected, ("127.0.0.1", 5000))
+    socket.datagram_received(protected, ("127.0.0.1", 5000))
+    socket.datagram_received(protected[:-4] + b"\0\0\0\0", ("127.0.0.1", 5000))
+    assert handled == packets and queued == []
+    assert dtls._RTCDtlsTransport__rx_bytes == 3 * len(protected)  # type: ignore[attr-defined]
