@@ -71,8 +71,8 @@ async def _capture(client: Client, seconds: float) -> list[bytes]:
 class Streams:
     """Continues the captured streams: fresh sequence numbers and timestamps per SSRC."""
 
-    def __init__(self, captured: list[bytes]) -> None:
-        self.template = [p for p in captured if p[1] & 0x7F < 110]  # media, not RTX
+    def __init__(self, captured: list[bytes], media_ssrcs: set[int]) -> None:
+        self.template = [p for p in captured if struct.unpack_from("!I", p, 8)[0] in media_ssrcs]
         self.next: dict[int, tuple[int, int]] = {}
         for p in self.template:
             ssrc = struct.unpack_from("!I", p, 8)[0]
@@ -138,7 +138,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await wait_for(lambda: len(bob.frames_from("alice", "video")) >= 15, limit=20,
                        what="video at the subscriber")
         captured = await _capture(alice, 1.5)
-        streams = Streams(captured)
+        streams = Streams(captured, {t.sender._ssrc for t in alice.pc.getTransceivers()})
         server_alice = room.participants["alice"]
         connection = next(iter(server_alice.pc.getTransceivers())).receiver.transport \
             .transport.iceGatherer._connection
