@@ -25,6 +25,9 @@ from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
 _SRTP_TRAILER = 148  # pylibsrtp's SRTP_MAX_TRAILER_LEN: room protect() may add
+_CONNECTED = State.CONNECTED
+_HEADER = struct.Struct("!BBHII")
+_srtp_protect = _lib.srtp_protect
 _RX = "_RTCRtpReceiver__"
 _TX = "_RTCRtpSender__"
 _DTLS = "_RTCDtlsTransport__"
@@ -241,7 +244,7 @@ class SrtpOutput:
         (None: not connected yet, or too long to protect)."""
         dtls = self._dtls
         session = dtls._tx_srtp
-        if session is None or dtls._state is not State.CONNECTED:
+        if session is None or dtls._state is not _CONNECTED:
             return None
         if session is not self._session:
             self._session = session
@@ -278,6 +281,40 @@ class SrtpOutput:
         """Protect and send one RTP packet as it is; returns the bytes sent."""
         return self.finish(len(packet)) if self.begin(packet) is not None else 0
 
+    def write(self, packet: bytes, b1: int, seq: int, timestamp: int, ssrc: int, ext: bytes,
+              rewrite: Callable[[memoryview, bytes], None]) -> int:
+        """:meth:`begin`, a new header (second byte, sequence number, timestamp, SSRC),
+        ``rewrite(buffer, ext)`` of its header extensions if it has any, and :meth:`finish`,
+        in one call: the per-packet path of every subscriber. Returns the bytes sent."""
+        dtls = self._dtls
+        view = self._view
+        size = len(packet)
+        if view is None or dtls._tx_srtp is not self._session or dtls._state is not _CONNECTED:
+            view = self.begin(packet)
+            if view is None:
+                return 0
+        elif size > len(view) - _SRTP_TRAILER:
+            return 0
+        else:
+            view[:size] = packet
+        b0 = packet[0]
+        _HEADER.pack_into(view, 0, b0, b1, seq, timestamp, ssrc)
+        if b0 & 0x10:
+            rewrite(view, ext)
+        send = self._send
+        if send is None or self._nominated.get(1) is not self._pair:
+            send = self._resolve()
+            if send is None:
+                return 0
+        length = self._length
+        length[0] = size
+        if _srtp_protect(self._srtp, self._cdata, length):
+            return 0
+        size = length[0]
+        send(self._buffer[0:size], self._addr)
+        dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
+        return size
+
 
 def sender_ssrc(sender: RTCRtpSender) -> int:
     """The SSRC ``sender`` announced for its media."""
@@ -297,6 +334,12 @@ def transceiver_payload_type(transceiver: RTCRtpTransceiver) -> int | None:
     return None
 
 
+_PACKET_COUNT = _TX + "packet_count"
+_OCTET_COUNT = _TX + "octet_count"
+_RTP_TIMESTAMP = _TX + "rtp_timestamp"
+_NTP_TIMESTAMP = _TX + "ntp_timestamp"
+
+
 def add_sender_counters(
     sender: RTCRtpSender, packets: int, octets: int, rtp_timestamp: int
 ) -> None:
@@ -305,10 +348,10 @@ def add_sender_counters(
     The NTP time of ``rtp_timestamp`` is taken as now (the relay adds no delay worth
     reporting), which keeps the receiver's audio/video synchronisation working.
     """
-    setattr(sender, _TX + "packet_count", getattr(sender, _TX + "packet_count") + packets)
-    setattr(sender, _TX + "octet_count", getattr(sender, _TX + "octet_count") + octets)
-    setattr(sender, _TX + "rtp_timestamp", rtp_timestamp)
-    setattr(sender, _TX + "ntp_timestamp", clock.current_ntp_time())
+    setattr(sender, _PACKET_COUNT, getattr(sender, _PACKET_COUNT) + packets)
+    setattr(sender, _OCTET_COUNT, getattr(sender, _OCTET_COUNT) + octets)
+    setattr(sender, _RTP_TIMESTAMP, rtp_timestamp)
+    setattr(sender, _NTP_TIMESTAMP, clock.current_ntp_time())
 
 
 def hook_sender_nack(sender: RTCRtpSender, on_nack: Callable[[list[int]], None]) -> None:

@@ -69,7 +69,9 @@ async def test_stream_stats_feed_the_receivers_reports() -> None:
 
 async def test_srtp_output_sends_nothing_before_dtls_connects() -> None:
     output = patches.SrtpOutput(_dtls())
-    assert output.send(RtpPacket(payload_type=96).serialize()) == 0
+    packet = RtpPacket(payload_type=96).serialize()
+    assert output.send(packet) == 0
+    assert output.write(packet, 100, 1, 2, 3, bytes(256), lambda buf, ext: None) == 0
 
 
 async def test_sender_counters_and_ssrc() -> None:

@@ -143,6 +143,14 @@ class _Output:
         self.sent.append(RtpPacket.parse(bytes(self.buffer[:size])))
         return size
 
+    def write(self, packet: bytes, b1: int, seq: int, timestamp: int, ssrc: int, ext: bytes,
+              rewrite: Any) -> int:
+        buf = self.begin(packet)
+        struct.pack_into("!BBHII", buf, 0, packet[0], b1, seq, timestamp, ssrc)
+        if packet[0] & 0x10:
+            rewrite(buf, ext)
+        return self.finish(len(packet))
+
 
 def _subscriber() -> tuple[SubscriberOutput, _Output]:
     sender = SimpleNamespace(_ssrc=0xABCDEF01, transport=None)
