@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import inspect
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pylibsrtp
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import depayload, is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -50,6 +51,7 @@ __all__ = [
     "hook_sender_nack",
     "intercept_rtp",
     "intercept_srtp_datagrams",
+    "ntp_now",
     "parse_rtp",
     "receiver_codecs",
     "receiver_for_packet",
@@ -351,7 +353,17 @@ def add_sender_counters(
     setattr(sender, _PACKET_COUNT, getattr(sender, _PACKET_COUNT) + packets)
     setattr(sender, _OCTET_COUNT, getattr(sender, _OCTET_COUNT) + octets)
     setattr(sender, _RTP_TIMESTAMP, rtp_timestamp)
-    setattr(sender, _NTP_TIMESTAMP, clock.current_ntp_time())
+    setattr(sender, _NTP_TIMESTAMP, ntp_now())
+
+
+_NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900 (NTP's epoch) to 1970
+
+
+def ntp_now() -> int:
+    """Now as a 64-bit NTP timestamp, as aiortc's clock gives it (without its datetimes,
+    which cost more than the packets between two sender-report updates)."""
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    return ((seconds + _NTP_UNIX_OFFSET) << 32) | ((nanoseconds << 32) // 1_000_000_000)
 
 
 def hook_sender_nack(sender: RTCRtpSender, on_nack: Callable[[list[int]], None]) -> None:

@@ -159,3 +159,12 @@ async def test_sockets_are_hooked_so_media_skips_aioice() -> None:
     socket.datagram_received(protected[:-4] + b"\0\0\0\0", ("127.0.0.1", 5000))
     assert handled == packets and queued == []
     assert dtls._RTCDtlsTransport__rx_bytes == 3 * len(protected)  # type: ignore[attr-defined]
+
+
+def test_ntp_now_agrees_with_aiortcs_clock() -> None:
+    from aiortc import clock
+
+    before = clock.current_ntp_time()
+    ours = patches.ntp_now()
+    after = clock.current_ntp_time()
+    assert before - (1 << 22) <= ours <= after + (1 << 22)  # within ~1 ms
