@@ -26,6 +26,9 @@ H264_NAL_IDR = 5
 
 DEFAULT_QUEUE_FRAMES = {"audio": 50, "video": 60}  # ~1 s audio (20 ms frames), ~2 s video
 KEYFRAME_MIN_INTERVAL = 0.5  # seconds between two keyframe requests to one publisher
+# A subscriber that starts (joins) gets a request at once unless one is on its way: at most
+# one per keyframe answered, and never closer than this, so many joins cannot storm a publisher.
+KEYFRAME_NEW_SUBSCRIBER_INTERVAL = 0.1
 KEYFRAME_RETRY_INTERVAL = 1.0  # re-ask while a subscriber still waits (PLI may be lost)
 KEYFRAME_UNSENT_RETRY = 0.1  # a request the publisher's transport could not take yet: try again
 KEYFRAME_UNSENT_TRIES = 50  # ... for about 5 s (a new peer connection is still connecting)
@@ -88,7 +91,8 @@ class KeyframeRequester:
     ``retry_interval`` while ``pending()`` says a subscriber still waits. ``send``
     returns False when the request could not go out (the publisher's connection is not
     up yet): it is not counted, and is tried again shortly instead of a full interval
-    later.
+    later. ``keyframes()`` counts the keyframes the publisher has sent so far: it tells
+    :meth:`request_for_new_subscriber` whether the last request was answered.
     """
 
     def __init__(
@@ -101,9 +105,12 @@ class KeyframeRequester:
         clock: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle | object]
         | None = None,
+        keyframes: Callable[[], int] | None = None,
     ) -> None:
         self._send = send
         self._pending = pending
+        self._keyframes = keyframes
+        self._keyframes_at_last = -1
         self.min_interval = min_interval
         self.retry_interval = retry_interval
         self._clock = clock
@@ -124,15 +131,33 @@ class KeyframeRequester:
 
     def request(self) -> None:
         """Ask for a keyframe now, or as soon as the throttle allows."""
+        self._request(self.min_interval)
+
+    def request_for_new_subscriber(self) -> None:
+        """A subscriber just started and has no picture: ask now, even within
+        ``min_interval`` of the last request, once that one was answered (a keyframe came
+        since). A request still unanswered brings the keyframe this subscriber waits for.
+        """
+        answered = (self._keyframes is not None
+                    and self._keyframes() != self._keyframes_at_last)
+        self._request(KEYFRAME_NEW_SUBSCRIBER_INTERVAL if answered else self.min_interval)
+
+    def _request(self, interval: float) -> None:
         if self.closed:
             return
         now = self._clock()
-        if self._last is None or now - self._last >= self.min_interval:
+        if self._last is None or now - self._last >= interval:
+            if self._deferred is not None:
+                # This request serves the deferred one too.
+                cancel = getattr(self._deferred, "cancel", None)
+                if cancel is not None:
+                    cancel()
+                self._deferred = None
             self._fire()
             return
         self.throttled += 1
         if self._deferred is None:
-            delay = self._last + self.min_interval - now
+            delay = self._last + interval - now
             self._deferred = self._schedule(delay, self._on_deferred)
 
     def _on_deferred(self) -> None:
@@ -159,6 +184,8 @@ class KeyframeRequester:
             return
         self._unsent_tries = 0
         self._last = self._clock()
+        if self._keyframes is not None:
+            self._keyframes_at_last = self._keyframes()
         self.sent += 1
         if self._retry is None:
             self._retry = self._schedule(self.retry_interval, self._on_retry)
@@ -334,7 +361,8 @@ class Fanout:
         self._sinks: list[FrameSink] = []
         self._on_bitrate_limit = on_bitrate_limit
         self.bitrate_limit: int | None = None
-        self.requester = requester or KeyframeRequester(request_keyframe, pending=self._any_waiting)
+        self.requester = requester or KeyframeRequester(
+            request_keyframe, pending=self._any_waiting, keyframes=self._keyframes_seen)
         self.frames_in = 0
         self.keyframes_in = 0
         self.bytes_in = 0
@@ -371,9 +399,14 @@ class Fanout:
             if track.remb is not None:
                 self._on_remb_changed()
 
+    def _keyframes_seen(self) -> int:
+        return self.keyframes_in
+
     def _on_track_reading(self, track: ForwardingTrack) -> None:
+        # A new subscriber's first picture is what a join waits for: not throttled behind
+        # a request someone else's keyframe already answered.
         if track.needs_keyframe and not self.ended:
-            self.requester.request()
+            self.requester.request_for_new_subscriber()
 
     def _remove_track(self, track: ForwardingTrack) -> None:
         if track in self._tracks:

@@ -49,6 +49,9 @@ class CallPage {
     this.cameraOff = false;
     this.sig = null;
     this.peer = null;
+    // The peer connection for the join on its way: made while the socket opens and the
+    // server answers the join, so its offer can go out as soon as the join is acknowledged.
+    this.nextPeer = null;
     this.participantId = null;
     this.participants = new Map(); // participant_id -> {name, role, media, connection}
     this.leaving = false;
@@ -249,15 +252,51 @@ class CallPage {
     });
     sig.addEventListener("close", (event) => this.onSocketClose(event.detail));
     sig.connect();
+    this.preparePeer();
   }
 
   /** Send a join and expect its reply in time: during an outage a socket dies silently. */
   sendJoin(sig) {
+    if (!this.nextPeer) this.preparePeer();
     sig.send({ type: "join" });
     clearTimeout(this.timers.joinReply);
     this.timers.joinReply = setTimeout(() => {
       if (this.sig === sig) this.socketSilent();
     }, this.patience(JOIN_REPLY_TIMEOUT_MS));
+  }
+
+  /**
+   * Set up the peer connection of the next join (publishing what we have, offer made, ICE
+   * gathering) without sending anything: it talks to the server once the join is acknowledged.
+   */
+  preparePeer() {
+    this.dropNextPeer();
+    const peer = new PeerSession({ iceServers: this.iceServers, send: () => {}, held: true });
+    this.addSources(peer);
+    this.nextPeer = peer;
+  }
+
+  dropNextPeer() {
+    if (this.nextPeer) this.nextPeer.close();
+    this.nextPeer = null;
+  }
+
+  addSources(peer) {
+    if (this.tracks.audio) peer.setSource("microphone", this.tracks.audio);
+    if (this.tracks.video && !this.cameraOff) peer.setSource("camera", this.tracks.video);
+    if (this.tracks.screen) peer.setSource("screen", this.tracks.screen);
+  }
+
+  /** A prepared connection publishes what is switched on now (the user may have changed it meanwhile). */
+  syncSources(peer) {
+    const wanted = {
+      microphone: this.tracks.audio,
+      camera: this.cameraOff ? null : this.tracks.video,
+      screen: this.tracks.screen,
+    };
+    for (const [source, track] of Object.entries(wanted)) {
+      if (peer.sourceTrack(source) !== (track || null)) peer.setSource(source, track || null);
+    }
   }
 
   /** A timeout, longer after each one in a row: a slow server still gets through. */
@@ -272,6 +311,7 @@ class CallPage {
     this.stats.field("signalling", "no answer");
     if (this.sig) this.sig.close();
     this.sig = null;
+    this.dropNextPeer();
     this.redirectUrl = null; // start again at this page's own server, as after a close
     if (this.peer) this.peer.detach();
     this.applyState("reconnecting");
@@ -283,6 +323,7 @@ class CallPage {
   onSocketClose({ code }) {
     clearTimeout(this.timers.joinReply);
     clearTimeout(this.timers.socketOpen);
+    this.dropNextPeer(); // its join will not be answered
     this.stats.field("signalling", `closed (${code})`);
     // Reconnects start at this page's own server, which knows where the room lives now
     // (the process we were sent to may be the one that went away).
@@ -430,16 +471,28 @@ class CallPage {
       document.dispatchEvent(new CustomEvent("panda:recording", { detail: { type: "recording", state } }));
     }
     this.participants = new Map((msg.participants || []).map((p) => [p.participant_id, p]));
-    if (Array.isArray(msg.ice_servers)) this.iceServers = msg.ice_servers;
+    const iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : this.iceServers;
+    let peer = this.nextPeer;
+    this.nextPeer = null;
+    if (peer && JSON.stringify(peer.iceServers) !== JSON.stringify(iceServers)) {
+      peer.close(); // prepared for other ICE servers than the server names now
+      peer = null;
+    }
+    this.iceServers = iceServers;
     if (this.peer) this.peer.close();
-    const peer = new PeerSession({ iceServers: this.iceServers, send: (m) => this.sig && this.sig.send(m) });
+    const send = (m) => this.sig && this.sig.send(m);
+    const prepared = Boolean(peer);
+    if (!peer) peer = new PeerSession({ iceServers, send });
     this.peer = peer;
     peer.addEventListener("track", () => this.renderRemote());
     peer.addEventListener("tracks", () => this.renderRemote());
     peer.addEventListener("state", (event) => this.onPeerState(peer, event.detail));
-    if (this.tracks.audio) peer.setSource("microphone", this.tracks.audio);
-    if (this.tracks.video && !this.cameraOff) peer.setSource("camera", this.tracks.video);
-    if (this.tracks.screen) peer.setSource("screen", this.tracks.screen);
+    if (prepared) {
+      peer.release(send); // its offer (made meanwhile) goes out now
+      this.syncSources(peer);
+    } else {
+      this.addSources(peer);
+    }
     this.sendMediaState();
     this.renderRemote();
     clearTimeout(this.timers.connect);
@@ -765,6 +818,7 @@ class CallPage {
       clearTimeout(timer);
       clearInterval(timer);
     }
+    this.dropNextPeer();
     if (this.peer) this.peer.close();
     this.peer = null;
     for (const track of Object.values(this.tracks)) if (track) track.stop();
@@ -786,6 +840,7 @@ class CallPage {
   fail(text) {
     this.leaving = true;
     if (this.sig) this.sig.close();
+    this.dropNextPeer();
     if (this.peer) this.peer.close();
     this.peer = null;
     this.banner("");
@@ -795,6 +850,7 @@ class CallPage {
 
   backToWaiting() {
     if (this.sig) this.sig.close();
+    this.dropNextPeer();
     if (this.peer) this.peer.close();
     this.peer = null;
     this.applyState("waiting");

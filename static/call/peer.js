@@ -2,12 +2,17 @@
 
 export class PeerSession extends EventTarget {
   /**
-   * @param {{iceServers: RTCIceServer[], send: (msg: object) => void}} options
+   * @param {{iceServers: RTCIceServer[], send: (msg: object) => void, held?: boolean}} options
+   * With `held`, what the connection would send (its offer, its candidates) is kept until
+   * release(): it can be set up while the server has not acknowledged the join yet.
    * Events: "track" ({mid, track}), "tracks" (the server's mid map changed), "state" (connectionState).
    */
-  constructor({ iceServers, send }) {
+  constructor({ iceServers, send, held = false }) {
     super();
     this.send = send;
+    this.held = held;
+    this.queue = []; // messages kept while held, in order
+    this.iceServers = iceServers;
     this.pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
     this.local = { microphone: null, camera: null, screen: null }; // transceivers we publish on
     this.remoteTracks = {}; // mid -> {participant_id, kind, source}, from the server's offers
@@ -26,7 +31,24 @@ export class PeerSession extends EventTarget {
   }
 
   #send(msg) {
-    if (!this.detached) this.send(msg);
+    if (this.detached) return;
+    if (this.held) this.queue.push(msg);
+    else this.send(msg);
+  }
+
+  /** Start talking to the server: send what was kept while held (the offer first), in order. */
+  release(send) {
+    if (send) this.send = send;
+    this.held = false;
+    const kept = this.queue;
+    this.queue = [];
+    for (const msg of kept) this.#send(msg);
+  }
+
+  /** The track a source is published with (null when none). */
+  sourceTrack(source) {
+    const transceiver = this.local[source];
+    return transceiver ? transceiver.sender.track : null;
   }
 
   /** Publish (or replace) the track of one source; null stops sending without renegotiating. */
@@ -116,6 +138,7 @@ export class PeerSession extends EventTarget {
   /** Stop sending anything to the server (a replacement connection is being set up). */
   detach() {
     this.detached = true;
+    this.queue = [];
   }
 
   close() {

@@ -206,6 +206,65 @@ def test_keyframe_request_retried_while_subscriber_waits() -> None:
     assert len(sent) == 3
 
 
+def test_new_subscriber_gets_a_request_at_once_once_the_last_one_was_answered() -> None:
+    timers = FakeTimers()
+    sent: list[float] = []
+    keyframes = [0]
+    requester = KeyframeRequester(lambda: sent.append(timers.now), min_interval=0.5,
+                                  retry_interval=1.0, clock=timers.clock,
+                                  call_later=timers.call_later, keyframes=lambda: keyframes[0])
+    requester.request()  # e.g. another subscriber's PLI
+    timers.advance(0.05)
+    requester.request_for_new_subscriber()
+    assert sent == [100.0]  # unanswered yet: its keyframe serves the new subscriber too
+    keyframes[0] += 1  # ... the keyframe came
+    timers.advance(0.45)
+    assert sent == [100.0, 100.5]  # the usual deferred request, not one more
+    keyframes[0] += 1
+    timers.advance(0.05)
+    requester.request_for_new_subscriber()
+    assert sent == [100.0, 100.5]  # answered, but within the storm guard ...
+    timers.advance(0.05)
+    assert sent == [100.0, 100.5, 100.6]  # ... so right after it, not 0.5 s later
+    keyframes[0] += 1
+    timers.advance(0.2)
+    requester.request_for_new_subscriber()
+    assert sent == [100.0, 100.5, 100.6, 100.8]  # answered: at once, within min_interval
+    timers.advance(5)
+    assert len(sent) == 4
+
+
+def test_new_subscribers_share_one_outstanding_request() -> None:
+    timers = FakeTimers()
+    sent: list[float] = []
+    requester = KeyframeRequester(lambda: sent.append(timers.now), min_interval=0.5,
+                                  retry_interval=1.0, clock=timers.clock,
+                                  call_later=timers.call_later, keyframes=lambda: 0)
+    for _ in range(10):  # many joins at once, no keyframe yet
+        requester.request_for_new_subscriber()
+        timers.advance(0.01)
+    assert sent == [100.0]
+
+
+async def test_reading_subscriber_skips_the_throttle_after_a_keyframe() -> None:
+    fanout = Fanout("video", "video/VP8", 90000, request_keyframe=lambda: None)
+    timers = FakeTimers()
+    requests: list[float] = []
+    fanout.requester = KeyframeRequester(
+        lambda: requests.append(timers.now), pending=fanout._any_waiting, min_interval=0.5,
+        retry_interval=1.0, clock=timers.clock, call_later=timers.call_later,
+        keyframes=lambda: fanout.keyframes_in)
+    first = fanout.subscribe()
+    first.reading = True
+    fanout._on_track_reading(first)
+    fanout.push(VP8_KEY, 1, 0.0)
+    timers.advance(0.2)
+    second = fanout.subscribe()
+    second.reading = True
+    fanout._on_track_reading(second)
+    assert requests == [100.0, 100.2]
+
+
 async def test_subscriber_pli_requests_keyframe_throttled() -> None:
     fanout, requests, timers = make_fanout()
     track = fanout.subscribe()
