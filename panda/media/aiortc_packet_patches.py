@@ -28,6 +28,7 @@ from pylibsrtp._binding import lib as _lib
 _SRTP_TRAILER = 148  # pylibsrtp's SRTP_MAX_TRAILER_LEN: room protect() may add
 _CONNECTED = State.CONNECTED
 _HEADER = struct.Struct("!BBHII")
+_SEQ_TS_SSRC = struct.Struct("!HII")
 _srtp_protect = _lib.srtp_protect
 _RX = "_RTCRtpReceiver__"
 _TX = "_RTCRtpSender__"
@@ -203,12 +204,16 @@ def parse_rtp(data: bytes) -> RtpPacket:
 # --------------------------------------------------------------------------- egress
 
 
+def _no_rewrite(buffer: memoryview, ext: bytes) -> None:
+    """Header extensions stay as they are."""
+
+
 class SrtpOutput:
     """Protects RTP packets with a DTLS transport's SRTP context and sends them at once,
     synchronously, on its nominated ICE pair (UDP or our ICE-TCP streams).
 
-    A packet is rewritten in place in libsrtp's own buffer (:meth:`begin`), then
-    protected and sent (:meth:`finish`): one copy in, one out, nothing else allocated.
+    A packet is copied into libsrtp's own buffer, rewritten there, protected and sent
+    (:meth:`write`): one copy in, one out, nothing else allocated.
     The buffer is the session's, shared with aiortc's own calls, which is safe because
     every use of it runs to completion on the event loop thread.
     """
@@ -262,32 +267,17 @@ class SrtpOutput:
         view[:size] = packet
         return view
 
-    def finish(self, size: int) -> int:
-        """Protect the ``size`` bytes :meth:`begin` left in the buffer and send them;
-        returns the bytes sent (0 if nothing went out)."""
-        send = self._send
-        if send is None or self._nominated.get(1) is not self._pair:
-            send = self._resolve()
-            if send is None:
-                return 0
-        length = self._length
-        length[0] = size
-        if _lib.srtp_protect(self._srtp, self._cdata, length):
-            return 0
-        size = length[0]
-        send(self._buffer[0:size], self._addr)
-        self._dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
-        return size
-
     def send(self, packet: bytes) -> int:
         """Protect and send one RTP packet as it is; returns the bytes sent."""
-        return self.finish(len(packet)) if self.begin(packet) is not None else 0
+        seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
+        return self.write(packet, packet[1], seq, timestamp, ssrc, b"", _no_rewrite)
 
     def write(self, packet: bytes, b1: int, seq: int, timestamp: int, ssrc: int, ext: bytes,
               rewrite: Callable[[memoryview, bytes], None]) -> int:
-        """:meth:`begin`, a new header (second byte, sequence number, timestamp, SSRC),
-        ``rewrite(buffer, ext)`` of its header extensions if it has any, and :meth:`finish`,
-        in one call: the per-packet path of every subscriber. Returns the bytes sent."""
+        """Copy ``packet`` in with a new header (second byte, sequence number, timestamp,
+        SSRC), let ``rewrite(buffer, ext)`` renumber its header extensions if it has any,
+        protect and send it, in one call: the per-packet path of every subscriber. Returns
+        the bytes sent (0: not connected yet, too long, or not protected)."""
         dtls = self._dtls
         view = self._view
         size = len(packet)

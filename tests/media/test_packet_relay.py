@@ -133,23 +133,15 @@ class _Output:
 
     def __init__(self) -> None:
         self.sent: list[RtpPacket] = []
-        self.buffer = bytearray(1500)
-
-    def begin(self, packet: bytes) -> bytearray:
-        self.buffer[:len(packet)] = packet
-        return self.buffer
-
-    def finish(self, size: int) -> int:
-        self.sent.append(RtpPacket.parse(bytes(self.buffer[:size])))
-        return size
 
     def write(self, packet: bytes, b1: int, seq: int, timestamp: int, ssrc: int, ext: bytes,
               rewrite: Any) -> int:
-        buf = self.begin(packet)
+        buf = bytearray(packet)
         struct.pack_into("!BBHII", buf, 0, packet[0], b1, seq, timestamp, ssrc)
         if packet[0] & 0x10:
             rewrite(buf, ext)
-        return self.finish(len(packet))
+        self.sent.append(RtpPacket.parse(bytes(buf)))
+        return len(buf)
 
 
 def _subscriber() -> tuple[SubscriberOutput, _Output]:
