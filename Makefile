@@ -38,7 +38,7 @@ test-deps:
 ## Install everything the tests need, then run the whole suite under a hard timeout
 ## (SIGABRT first, so a hang ends with every thread's traceback).
 test: test-deps install-dev
-	timeout -s ABRT -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	timeout -s ABRT -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q -rR -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .
