@@ -246,9 +246,9 @@ class SrtpOutput:
         self._send = send
         return send  # type: ignore[no-any-return]
 
-    def begin(self, packet: bytes) -> memoryview | None:
-        """Copy ``packet`` into the SRTP buffer; returns it for in-place rewriting
-        (None: not connected yet, or too long to protect)."""
+    def _bind(self) -> memoryview | None:
+        """The buffer of the transport's current SRTP session (None: not connected yet);
+        a new session (a DTLS restart) is picked up here."""
         dtls = self._dtls
         session = dtls._tx_srtp
         if session is None or dtls._state is not _CONNECTED:
@@ -258,14 +258,8 @@ class SrtpOutput:
             self._srtp = session._srtp[0]
             self._cdata = session._cdata
             self._buffer = session._buffer
-            self._view = view = memoryview(session._buffer)
-        else:
-            view = self._view  # type: ignore[assignment]
-        size = len(packet)
-        if size > len(view) - _SRTP_TRAILER:
-            return None
-        view[:size] = packet
-        return view
+            self._view = memoryview(session._buffer)
+        return self._view
 
     def send(self, packet: bytes) -> int:
         """Protect and send one RTP packet as it is; returns the bytes sent."""
@@ -282,13 +276,12 @@ class SrtpOutput:
         view = self._view
         size = len(packet)
         if view is None or dtls._tx_srtp is not self._session or dtls._state is not _CONNECTED:
-            view = self.begin(packet)
+            view = self._bind()
             if view is None:
                 return 0
-        elif size > len(view) - _SRTP_TRAILER:
+        if size > len(view) - _SRTP_TRAILER:
             return 0
-        else:
-            view[:size] = packet
+        view[:size] = packet
         b0 = packet[0]
         _HEADER.pack_into(view, 0, b0, b1, seq, timestamp, ssrc)
         if b0 & 0x10:

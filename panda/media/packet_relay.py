@@ -54,7 +54,6 @@ LOSS_JUMP = 64
 REMB_INTERVAL = 1.0
 FRAME_STEP = {"audio": 960, "video": 3000}  # timestamp step across a source change (20 ms, 1/30 s)
 
-_HEADER = struct.Struct("!BBHII")
 _SEQ_TS = struct.Struct("!HI")
 _SSRC = struct.Struct("!I")
 _ZEROS = [bytes(n) for n in range(258)]
